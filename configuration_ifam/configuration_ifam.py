@@ -1,0 +1,135 @@
+"""Configuration of iFAM (Inherently Faithful Attention Maps for Vision Transformers).
+
+This module is copied to the Hub for ``trust_remote_code`` users: it imports only torch-free transformers pieces.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import Dinov2Config
+
+
+@strict
+class IFAMConfig(Dinov2Config):
+    r"""
+    Configuration of [`IFAMForImageClassification`]: two DINOv2 backbones of the same size, a PDiscoFormer part
+    discovery head on the first, and a classifier on the second that only sees the patches the first one selects.
+
+    Every DINOv2 option (size, patch size, image size, SwiGLU, ...) is inherited from [`Dinov2Config`].
+    `num_register_tokens > 0` builds DINOv2-with-registers backbones (the public checkpoints use 4).
+
+    Args:
+        num_register_tokens (`int`, *optional*, defaults to 0):
+            Register tokens of the backbones (0: plain DINOv2, 4: DINOv2-with-registers). They are never masked.
+        num_parts (`int`, *optional*, defaults to 8):
+            K, the number of foreground parts. Stage 1 learns K + 1 prototypes; the last one is the background.
+        part_dropout (`float`, *optional*, defaults to 0.3):
+            Probability of dropping a whole foreground part from the stage-1 classifier during training.
+        part_dropout_stage2 (`float`, *optional*, defaults to 0.3):
+            Probability of dropping a whole foreground part from the stage-2 token mask during training.
+        gumbel_softmax (`bool`, *optional*, defaults to `True`):
+            Draw the part maps with Gumbel-softmax during training (plain softmax at inference).
+        softmax_temperature (`float`, *optional*, defaults to 1.0):
+            Temperature of the (Gumbel-)softmax over the negative squared distances to the prototypes.
+        use_soft_masks (`bool`, *optional*, defaults to `False`):
+            The paper's ablation: stage 2 attends to every patch with a soft weight (log of the foreground probability
+            added to the attention logits) instead of a binary mask. This breaks the faithfulness guarantee.
+        parts_to_drop (`list[int]`, *optional*, defaults to `[]`):
+            Foreground parts removed from the stage-2 mask by default at inference (part-removal intervention).
+        part_distance_thresholds (`dict[str, list[float]]`, *optional*, defaults to `{}`):
+            Token-removal thresholds filled by calibration: for a percentile q (key, e.g. `"97"`), the K squared
+            distances tau_k^q beyond which a token assigned to part k is sent to the background.
+        token_removal_percentile (`float`, *optional*):
+            The percentile whose thresholds are applied by default at inference; `None` turns token removal off.
+        *_loss_weight (`float`):
+            Weights of the training objective. A weight of 0 turns a term off. Defaults follow the reference recipe:
+            stage-1 and stage-2 classification 1, presence 1, equivariance 1, orthogonality 1, total variation 1,
+            entropy 1, background presence 2, concentration 0.
+
+    Example:
+
+    ```python
+    >>> from configuration_ifam import IFAMConfig
+    >>> config = IFAMConfig(num_parts=4, num_labels=2, hidden_size=384, num_attention_heads=6)
+    ```"""
+
+    model_type = "ifam"
+
+    num_register_tokens: int = 0
+    num_parts: int = 8
+    part_dropout: float | int = 0.3
+    part_dropout_stage2: float | int = 0.3
+    gumbel_softmax: bool = True
+    softmax_temperature: float | int = 1.0
+    use_soft_masks: bool = False
+    parts_to_drop: list[int] | tuple[int, ...] = ()
+    part_distance_thresholds: dict[str, list[float]] | None = None
+    token_removal_percentile: float | int | None = None
+
+    stage1_classification_loss_weight: float | int = 1.0
+    stage2_classification_loss_weight: float | int = 1.0
+    presence_loss_weight: float | int = 1.0
+    equivariance_loss_weight: float | int = 1.0
+    orthogonality_loss_weight: float | int = 1.0
+    total_variation_loss_weight: float | int = 1.0
+    entropy_loss_weight: float | int = 1.0
+    background_loss_weight: float | int = 2.0
+    concentration_loss_weight: float | int = 0.0
+
+    def __post_init__(self, **kwargs):
+        self.parts_to_drop = list(self.parts_to_drop)
+        if self.part_distance_thresholds is None:
+            self.part_distance_thresholds = {}
+        super().__post_init__(**kwargs)
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """The weights of the training objective, keyed by the term's name (`presence`, `equivariance`, ...)."""
+        suffix = "_loss_weight"
+        return {name[: -len(suffix)]: getattr(self, name) for name in self.__dataclass_fields__ if name.endswith(suffix)}
+
+    def validate_ifam(self):
+        """Part of `@strict` validation: the iFAM options."""
+        if self.num_parts < 1:
+            raise ValueError(f"`num_parts` must be at least 1, got {self.num_parts}.")
+        if self.num_register_tokens < 0:
+            raise ValueError(f"`num_register_tokens` must be >= 0, got {self.num_register_tokens}.")
+        for name in ("part_dropout", "part_dropout_stage2"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+        if self.softmax_temperature <= 0:
+            raise ValueError(f"`softmax_temperature` must be > 0, got {self.softmax_temperature}.")
+        for name, weight in self.loss_weights.items():
+            if weight < 0:
+                raise ValueError(f"`{name}_loss_weight` must be >= 0, got {weight}.")
+        bad = [p for p in self.parts_to_drop if not 0 <= p < self.num_parts]
+        if bad:
+            raise ValueError(f"`parts_to_drop` holds part indices {bad} outside [0, num_parts={self.num_parts}).")
+        for percentile, thresholds in self.part_distance_thresholds.items():
+            if not 0 < float(percentile) <= 100:
+                raise ValueError(f"`part_distance_thresholds` key {percentile!r} is not a percentile in (0, 100].")
+            if len(thresholds) != self.num_parts:
+                raise ValueError(
+                    f"`part_distance_thresholds[{percentile!r}]` has {len(thresholds)} values, expected one per "
+                    f"foreground part ({self.num_parts})."
+                )
+        if self.token_removal_percentile is not None and self.thresholds_for(self.token_removal_percentile) is None:
+            raise ValueError(
+                f"`token_removal_percentile={self.token_removal_percentile}` has no calibrated thresholds; "
+                f"calibrated percentiles: {sorted(self.part_distance_thresholds)}."
+            )
+        if not isinstance(self.patch_size, int):
+            raise ValueError(f"iFAM needs square patches: `patch_size` must be an int, got {self.patch_size}.")
+        if not isinstance(self.image_size, int):
+            raise ValueError(f"`image_size` must be an int (the side of the square position table), got {self.image_size}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size}).")
+
+    def thresholds_for(self, percentile: float) -> list[float] | None:
+        """The calibrated thresholds of `percentile` (`97`, `97.0` and `"97"` are the same key), or `None`."""
+        for key, thresholds in self.part_distance_thresholds.items():
+            if float(key) == float(percentile):
+                return thresholds
+        return None
+
+
+__all__ = ["IFAMConfig"]

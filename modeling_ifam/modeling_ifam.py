@@ -1,0 +1,469 @@
+"""PyTorch iFAM: Inherently Faithful Attention Maps for Vision Transformers (Aniraj et al., arXiv 2506.08915).
+
+Stage 1 (PDiscoFormer part discovery on DINOv2) assigns every patch to one of K foreground parts or the background.
+The foreground patches form a binary token mask; stage 2 (a second DINOv2) classifies the raw image with an attention
+mask that hides every other patch in every layer, so nothing outside the mask can move the prediction.
+
+This module is copied to the Hub for ``trust_remote_code`` users: it imports only torch and transformers (and its two
+sibling files).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings, Dinov2LayerScale
+from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+    Dinov2WithRegistersEmbeddings,
+    Dinov2WithRegistersLayerScale,
+)
+from transformers.utils import ModelOutput
+
+from .part_losses import (
+    RandomAffine,
+    background_presence_loss,
+    concentration_loss,
+    equivariance_loss,
+    orthogonality_loss,
+    pixelwise_entropy_loss,
+    presence_loss,
+    total_variation_loss,
+)
+
+
+try:  # flat layout of a saved model folder (trust_remote_code)
+    from .configuration_ifam import IFAMConfig
+except ImportError:  # installed package layout
+    from configuration_ifam import IFAMConfig
+
+
+@dataclass
+class IFAMPartDiscoveryOutput(ModelOutput):
+    """
+    Output of stage 1 (part discovery).
+
+    part_distances (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
+        Squared distance of every patch feature to every part prototype (background last).
+    part_maps (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
+        Part assignment probabilities: softmax (Gumbel-softmax in training) of the negative distances.
+    part_features (`torch.FloatTensor` of shape `(batch_size, hidden_size, num_parts + 1)`):
+        Part-weighted mean patch features after modulation.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Stage-1 class scores: the per-part classifier scores averaged over the foreground parts.
+    """
+
+    part_distances: torch.FloatTensor | None = None
+    part_maps: torch.FloatTensor | None = None
+    part_features: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+@dataclass
+class IFAMImageClassifierOutput(ModelOutput):
+    """
+    Output of [`IFAMForImageClassification`].
+
+    loss (`torch.FloatTensor` of shape `()`, returned when `labels` is given):
+        The weighted training objective: both classification losses plus the stage-1 part-shaping losses.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Stage-2 class scores: a function of the selected patches only.
+    stage1_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Stage-1 (PDiscoFormer) class scores, computed from the whole image.
+    part_maps (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
+        Part assignment probabilities, background last.
+    part_distances (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
+        Squared distances of the patch features to the part prototypes (what the token-removal thresholds apply to).
+    token_mask (`torch.BoolTensor` of shape `(batch_size, height * width)`):
+        True for the patches that stage 2 sees.
+    loss_terms (`dict[str, torch.FloatTensor]`, returned when `labels` is given):
+        Every unweighted term of `loss`, keyed like `IFAMConfig.loss_weights`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    stage1_logits: torch.FloatTensor | None = None
+    part_maps: torch.FloatTensor | None = None
+    part_distances: torch.FloatTensor | None = None
+    token_mask: torch.BoolTensor | None = None
+    loss_terms: dict[str, torch.FloatTensor] | None = None
+
+
+def build_dinov2_backbone(config: IFAMConfig) -> Dinov2Model | Dinov2WithRegistersModel:
+    """A transformers DINOv2 model of the configured size, with register tokens when the config asks for them."""
+    return Dinov2WithRegistersModel(config) if config.num_register_tokens > 0 else Dinov2Model(config)
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """`hard` in the forward pass (exactly: `soft - soft` is 0), the gradient of `soft` in the backward pass."""
+    return hard.to(soft.dtype) + (soft - soft.detach())
+
+
+class IFAMPartDiscovery(nn.Module):
+    """Stage 1, PDiscoFormer: DINOv2 patch features -> K + 1 prototypes -> part maps -> per-part classifier."""
+
+    def __init__(self, config: IFAMConfig):
+        super().__init__()
+        self.config = config
+        num_parts, hidden_size = config.num_parts, config.hidden_size
+        self.backbone = build_dinov2_backbone(config)
+        self.prototypes = nn.Parameter(torch.empty(num_parts + 1, hidden_size))  # background last
+        self.modulation = nn.LayerNorm([hidden_size, num_parts + 1])
+        self.part_dropout = nn.Dropout1d(config.part_dropout)
+        self.classifier = nn.Linear(hidden_size, config.num_labels, bias=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> IFAMPartDiscoveryOutput:
+        height, width = (size // self.config.patch_size for size in pixel_values.shape[-2:])
+        prefix = 1 + self.config.num_register_tokens
+        features = self.backbone(pixel_values).last_hidden_state[:, prefix:]  # [B, N, D], layer-normed
+
+        # ||x - p||^2 = ||x||^2 - 2 x.p + ||p||^2, for every patch x and prototype p
+        distances = (
+            features.pow(2).sum(-1, keepdim=True)
+            - 2 * features @ self.prototypes.T
+            + self.prototypes.pow(2).sum(-1)
+        )  # [B, N, K+1]
+        if self.training and self.config.gumbel_softmax:
+            part_maps = F.gumbel_softmax(-distances, tau=self.config.softmax_temperature, dim=-1)
+        else:
+            part_maps = (-distances / self.config.softmax_temperature).softmax(dim=-1)
+
+        part_features = torch.einsum("bnk,bnd->bdk", part_maps, features) / features.shape[1]  # [B, D, K+1]
+        part_features = self.modulation(part_features)
+        foreground = part_features[..., :-1].transpose(1, 2)  # [B, K, D]
+        logits = self.classifier(self.part_dropout(foreground)).mean(dim=1)  # [B, C]
+
+        def to_grid(tensor):  # [B, N, K+1] -> [B, K+1, h, w]
+            return tensor.transpose(1, 2).unflatten(-1, (height, width))
+
+        return IFAMPartDiscoveryOutput(
+            part_distances=to_grid(distances),
+            part_maps=to_grid(part_maps),
+            part_features=part_features,
+            logits=logits,
+        )
+
+
+class IFAMMaskedClassifier(nn.Module):
+    """Stage 2: DINOv2 on the raw image where no masked patch token is attended by any token in any layer."""
+
+    def __init__(self, config: IFAMConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = build_dinov2_backbone(config)
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 + self.config.num_register_tokens
+
+    def forward(self, pixel_values: torch.Tensor, visible: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """
+        visible (`torch.BoolTensor` of shape `(batch_size, num_patches)`): the patches stage 2 may see.
+        weights (`torch.FloatTensor` of shape `(batch_size, num_patches)`): the straight-through mask, 1.0 on visible
+            patches in the forward pass; it carries the gradient of the stage-2 loss back to stage 1. With soft masks,
+            the soft foreground probabilities.
+        """
+        embeddings = self.backbone.embeddings(pixel_values)  # [B, P+N, D], P = CLS + registers
+        prefix = embeddings.new_ones(embeddings.shape[0], self.num_prefix_tokens)
+        if self.config.use_soft_masks:
+            # Ablation: every patch stays visible, down-weighted by log(p_fg) in every attention row.
+            bias = torch.cat([prefix, weights.to(embeddings.dtype)], dim=1).clamp_min(1e-10).log()
+            attention_mask = bias[:, None, None, :].expand(-1, 1, embeddings.shape[1], -1)
+        else:
+            keep = torch.cat([prefix.bool(), visible], dim=1)  # [B, P+N]
+            weights = torch.cat([prefix, weights.to(embeddings.dtype)], dim=1)
+            # Masked tokens are zeroed (so even non-finite pixels there cannot leak through 0 * NaN) and never attended.
+            embeddings = torch.where(keep[..., None], embeddings * weights[..., None], 0.0)
+            attention_mask = create_bidirectional_mask(self.config, embeddings, keep)
+        hidden_states = self.backbone.encoder(embeddings, attention_mask=attention_mask).last_hidden_state
+        cls_token = self.backbone.layernorm(hidden_states[:, 0])
+        return self.classifier(self.fc_norm(cls_token))
+
+
+class IFAMPreTrainedModel(PreTrainedModel):
+    config: IFAMConfig
+    config_class = IFAMConfig
+    base_model_prefix = "ifam"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Dinov2Embeddings", "Dinov2Layer", "Dinov2WithRegistersEmbeddings", "Dinov2WithRegistersLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, (Dinov2Embeddings, Dinov2WithRegistersEmbeddings)):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)
+            if isinstance(module, Dinov2WithRegistersEmbeddings):
+                init.zeros_(module.register_tokens)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (Dinov2LayerScale, Dinov2WithRegistersLayerScale)):
+            init.constant_(module.lambda1, self.config.layerscale_value)
+        elif isinstance(module, IFAMPartDiscovery):
+            # PyTorch's default for a 1x1 projection, as in PDiscoFormer: prototypes comparable to unit-variance features
+            bound = 1 / math.sqrt(self.config.hidden_size)
+            init.uniform_(module.prototypes, -bound, bound)
+
+
+class IFAMForImageClassification(IFAMPreTrainedModel):
+    """
+    iFAM image classifier. `logits` come from stage 2, which sees only `token_mask`: stage 1's foreground patches, or
+    the `token_mask` passed by the caller (to audit a prediction, or to run the ground-truth-mask baseline).
+
+    Example:
+
+    ```python
+    >>> import torch, modeling_ifam
+    >>> from modeling_ifam import IFAMForImageClassification
+    >>> model = IFAMForImageClassification.from_dinov2("facebook/dinov2-small", num_parts=4, id2label={0: "a", 1: "b"})
+    >>> outputs = model(torch.randn(1, 3, 224, 224))
+    >>> outputs.logits.shape, outputs.token_mask.shape  # (1, 2), (1, 256)
+    ```
+    """
+
+    def __init__(self, config: IFAMConfig):
+        super().__init__(config)
+        self.stage1 = IFAMPartDiscovery(config)
+        self.stage2 = IFAMMaskedClassifier(config)
+        self.post_init()
+
+    @classmethod
+    def from_dinov2(cls, pretrained_model_name_or_path: str, **config_kwargs) -> "IFAMForImageClassification":
+        """
+        Build iFAM whose two stages both start from one DINOv2 (or DINOv2-with-registers) checkpoint, a hub id or a
+        local folder. `config_kwargs` set the iFAM options (`num_parts=`, `id2label=`, ...); the backbone's own
+        options (size, patch size, position table) come from the checkpoint.
+        """
+        model_type = AutoConfig.from_pretrained(pretrained_model_name_or_path).model_type
+        backbone_classes = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
+        if model_type not in backbone_classes:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} is a {model_type!r} checkpoint; `from_dinov2` takes a DINOv2 or "
+                "DINOv2-with-registers checkpoint (load iFAM checkpoints with `from_pretrained`)."
+            )
+        backbone = backbone_classes[model_type].from_pretrained(pretrained_model_name_or_path)
+        backbone_config = backbone.config.to_dict()
+        inherited = {
+            name: backbone_config[name]
+            for name in IFAMConfig.__dataclass_fields__
+            if name in backbone_config and name in type(backbone.config).__dataclass_fields__ and name != "model_type"
+        }
+        inherited.setdefault("num_register_tokens", 0)
+        clash = sorted(set(inherited) & set(config_kwargs) - {"id2label", "label2id", "num_labels"})
+        if clash:
+            raise ValueError(f"{clash} come from the DINOv2 checkpoint and cannot be overridden in `from_dinov2`.")
+        config = IFAMConfig(**{**inherited, **config_kwargs})
+        model = cls(config)
+        state = backbone.state_dict()
+        for stage in (model.stage1, model.stage2):
+            stage.backbone.load_state_dict(state)
+        return model
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        parts_to_drop: list[int] | None = None,
+        token_removal_percentile: float | None = None,
+        use_token_removal: bool | None = None,
+        **kwargs,
+    ) -> IFAMImageClassifierOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Height and width must be multiples of the patch size; position embeddings are interpolated as in DINOv2.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices in `[0, num_labels)`; when given, `loss` is the full training objective.
+        token_mask (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Replaces stage 1's selection: True for the patches stage 2 may see.
+        parts_to_drop (`list[int]`, *optional*):
+            Foreground parts whose patches are hidden from stage 2 (part removal). Defaults to `config.parts_to_drop`.
+        token_removal_percentile (`float`, *optional*):
+            Apply the calibrated thresholds of this percentile (token removal). Defaults to
+            `config.token_removal_percentile`.
+        use_token_removal (`bool`, *optional*):
+            `False` switches token removal off for this call whatever the defaults say.
+        """
+        if kwargs:
+            raise TypeError(f"IFAMForImageClassification.forward got unexpected arguments {sorted(kwargs)}.")
+        num_patches = self._check_pixel_values(pixel_values)
+        stage1 = self.stage1(pixel_values)
+
+        if token_mask is not None:
+            visible = self._check_token_mask(token_mask, pixel_values.shape[0], num_patches)
+            weights = visible.to(stage1.part_maps.dtype)
+        else:
+            visible, weights = self.select_tokens(
+                stage1,
+                parts_to_drop=self.config.parts_to_drop if parts_to_drop is None else parts_to_drop,
+                thresholds=self._thresholds(token_removal_percentile, use_token_removal),
+            )
+        logits = self.stage2(pixel_values, visible, weights)
+
+        loss = loss_terms = None
+        if labels is not None:
+            self._check_labels(labels, pixel_values.shape[0])
+            loss_terms = self.loss_terms(pixel_values, labels, logits, stage1)
+            weights_by_term = self.config.loss_weights
+            loss = sum(weights_by_term[name] * value for name, value in loss_terms.items())
+
+        return IFAMImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            stage1_logits=stage1.logits,
+            part_maps=stage1.part_maps,
+            part_distances=stage1.part_distances,
+            token_mask=visible,
+            loss_terms=loss_terms,
+        )
+
+    def select_tokens(
+        self,
+        stage1: IFAMPartDiscoveryOutput,
+        parts_to_drop: list[int] = (),
+        thresholds: torch.Tensor | None = None,
+    ) -> tuple[torch.BoolTensor, torch.FloatTensor]:
+        """
+        Discretize the part maps into the stage-2 token mask.
+
+        A patch is visible when its argmax part is a kept foreground part; with `thresholds` (`[K]`), a patch farther
+        from its part's prototype than that part's threshold goes to the background (token removal). In training, each
+        foreground part is also dropped with probability `config.part_dropout_stage2`, independently per image.
+
+        Returns the hard mask `[B, N]` (bool) and its straight-through version `[B, N]` (float: hard values forward,
+        gradient of the soft foreground probability backward; the soft probability itself with soft masks).
+        """
+        part_maps = stage1.part_maps.flatten(2)  # [B, K+1, N]
+        batch_size, num_parts = part_maps.shape[0], part_maps.shape[1] - 1
+        bad = [p for p in parts_to_drop if not 0 <= p < num_parts]
+        if bad:
+            raise ValueError(f"`parts_to_drop` holds part indices {bad} outside [0, num_parts={num_parts}).")
+        keep = torch.ones(batch_size, num_parts + 1, dtype=torch.bool, device=part_maps.device)  # [B, K+1]
+        keep[:, list(parts_to_drop)] = False
+        keep[:, -1] = False  # the background is never visible
+        if self.training and self.config.part_dropout_stage2 > 0:
+            dropped = torch.rand(batch_size, num_parts, device=keep.device) < self.config.part_dropout_stage2
+            keep[:, :-1] &= ~dropped
+
+        assignment = part_maps.argmax(dim=1)  # [B, N]
+        visible = keep.gather(1, assignment)
+        if thresholds is not None:
+            distance = stage1.part_distances.flatten(2).gather(1, assignment[:, None]).squeeze(1)  # [B, N]
+            limit = F.pad(thresholds.to(distance), (0, 1), value=float("inf"))[assignment]
+            visible &= distance <= limit
+        soft_foreground = (part_maps * keep[..., None]).sum(dim=1)  # [B, N]
+        if self.config.use_soft_masks:
+            return visible, soft_foreground
+        return visible, straight_through(visible, soft_foreground)
+
+    def loss_terms(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor,
+        stage1: IFAMPartDiscoveryOutput,
+    ) -> dict[str, torch.Tensor]:
+        """
+        The unweighted terms of the training objective; a term whose weight is 0 is not computed. Equivariance (a
+        second stage-1 pass on a randomly transformed batch) is a training-only term.
+        """
+        weights = self.config.loss_weights
+        maps = stage1.part_maps
+        terms = {
+            "stage2_classification": lambda: F.cross_entropy(logits, labels),
+            "stage1_classification": lambda: F.cross_entropy(stage1.logits, labels),
+            "presence": lambda: presence_loss(maps),
+            "background": lambda: background_presence_loss(maps),
+            "entropy": lambda: pixelwise_entropy_loss(maps),
+            "total_variation": lambda: total_variation_loss(maps),
+            "orthogonality": lambda: orthogonality_loss(stage1.part_features),
+            "concentration": lambda: concentration_loss(maps),
+            "equivariance": lambda: self._equivariance_loss(pixel_values, maps),
+        }
+        if not self.training:
+            del terms["equivariance"]
+        return {name: compute() for name, compute in terms.items() if weights[name] > 0}
+
+    def _equivariance_loss(self, pixel_values: torch.Tensor, part_maps: torch.Tensor) -> torch.Tensor:
+        """The part maps of an affine-transformed batch, warped back, should be the batch's part maps."""
+        transform = RandomAffine.sample(pixel_values.shape[0], device=pixel_values.device)
+        transformed_maps = self.stage1(transform.apply(pixel_values)).part_maps
+        return equivariance_loss(part_maps, transform.invert(transformed_maps))
+
+    def _thresholds(self, percentile: float | None, enabled: bool | None) -> torch.Tensor | None:
+        if enabled is False:
+            return None
+        percentile = self.config.token_removal_percentile if percentile is None else percentile
+        if percentile is None:
+            if enabled:
+                raise ValueError("`use_token_removal=True` needs `token_removal_percentile` (call or config).")
+            return None
+        thresholds = self.config.thresholds_for(percentile)
+        if thresholds is None:
+            raise ValueError(
+                f"No token-removal thresholds calibrated for percentile {percentile}; calibrated: "
+                f"{sorted(self.config.part_distance_thresholds)}."
+            )
+        return torch.tensor(thresholds, device=self.device)
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> int:
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+            raise ValueError(f"`pixel_values` must be a tensor of shape (batch, channels, height, width), got {shape}.")
+        if pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` has {pixel_values.shape[1]} channels, the model expects {self.config.num_channels}."
+            )
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        if height % patch or width % patch:
+            raise ValueError(
+                f"`pixel_values` of size {height}x{width} is not a multiple of the patch size {patch}; resize or crop "
+                f"to a multiple (the image processor does)."
+            )
+        return (height // patch) * (width // patch)
+
+    @staticmethod
+    def _check_token_mask(token_mask: torch.Tensor, batch_size: int, num_patches: int) -> torch.BoolTensor:
+        if tuple(token_mask.shape) != (batch_size, num_patches):
+            raise ValueError(
+                f"`token_mask` must have shape (batch_size, num_patches) = ({batch_size}, {num_patches}), "
+                f"got {tuple(token_mask.shape)}."
+            )
+        if token_mask.dtype != torch.bool:
+            if ((token_mask != 0) & (token_mask != 1)).any():
+                raise ValueError("`token_mask` must be boolean (or hold only 0 and 1).")
+            token_mask = token_mask.bool()
+        return token_mask
+
+    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+        if tuple(labels.shape) != (batch_size,) or labels.dtype.is_floating_point:
+            raise ValueError(
+                f"`labels` must be integer class indices of shape ({batch_size},), got {labels.dtype} of shape "
+                f"{tuple(labels.shape)}."
+            )
+        out_of_range = labels[(labels < 0) | (labels >= self.config.num_labels)]
+        if out_of_range.numel():
+            raise ValueError(
+                f"`labels` holds {out_of_range.unique().tolist()} outside [0, num_labels={self.config.num_labels})."
+            )
+
+
+__all__ = ["IFAMForImageClassification", "IFAMPreTrainedModel", "IFAMImageClassifierOutput"]
