@@ -39,6 +39,11 @@ class IFAMConfig(Dinov2Config):
             distances tau_k^q beyond which a token assigned to part k is sent to the background.
         token_removal_percentile (`float`, *optional*):
             The percentile whose thresholds are applied by default at inference; `None` turns token removal off.
+        stage2_inference (`str`, *optional*, defaults to `"packed"`):
+            How stage 2 runs at inference. `"packed"`: the selected tokens alone, several images per sequence with a
+            block-diagonal mask (no padding to the largest selection). `"padded"`: the selected tokens alone, one image
+            per sequence padded to the batch's largest selection (the authors' pruning). `"masked"`: every token, with
+            the attention mask (the training computation). All three give the same logits.
         *_loss_weight (`float`):
             Weights of the training objective. A weight of 0 turns a term off. Defaults follow the reference recipe:
             stage-1 and stage-2 classification 1, presence 1, equivariance 1, orthogonality 1, total variation 1,
@@ -63,6 +68,7 @@ class IFAMConfig(Dinov2Config):
     parts_to_drop: list[int] | tuple[int, ...] = ()
     part_distance_thresholds: dict[str, list[float]] | None = None
     token_removal_percentile: float | int | None = None
+    stage2_inference: str = "packed"
 
     stage1_classification_loss_weight: float | int = 1.0
     stage2_classification_loss_weight: float | int = 1.0
@@ -96,6 +102,8 @@ class IFAMConfig(Dinov2Config):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+        if self.stage2_inference not in ("packed", "padded", "masked"):
+            raise ValueError(f"`stage2_inference` must be 'packed', 'padded' or 'masked', got {self.stage2_inference!r}.")
         if self.softmax_temperature <= 0:
             raise ValueError(f"`softmax_temperature` must be > 0, got {self.softmax_temperature}.")
         for name, weight in self.loss_weights.items():

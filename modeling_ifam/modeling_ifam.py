@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.masking_utils import create_bidirectional_mask
+from transformers.masking_utils import create_bidirectional_mask, packed_sequence_mask_function
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings, Dinov2LayerScale
 from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
     Dinov2WithRegistersEmbeddings,
@@ -168,22 +168,74 @@ class IFAMMaskedClassifier(nn.Module):
         weights (`torch.FloatTensor` of shape `(batch_size, num_patches)`): the straight-through mask, 1.0 on visible
             patches in the forward pass; it carries the gradient of the stage-2 loss back to stage 1. With soft masks,
             the soft foreground probabilities.
+
+        In training (and with `stage2_inference="masked"`) every patch token is computed and the attention mask hides
+        the unselected ones; at inference the selected tokens alone are computed (`"packed"` or `"padded"`).
         """
         embeddings = self.backbone.embeddings(pixel_values)  # [B, P+N, D], P = CLS + registers
         prefix = embeddings.new_ones(embeddings.shape[0], self.num_prefix_tokens)
+        weights = torch.cat([prefix, weights.to(embeddings.dtype)], dim=1)  # [B, P+N]
         if self.config.use_soft_masks:
             # Ablation: every patch stays visible, down-weighted by log(p_fg) in every attention row.
-            bias = torch.cat([prefix, weights.to(embeddings.dtype)], dim=1).clamp_min(1e-10).log()
+            bias = weights.clamp_min(1e-10).log()
             attention_mask = bias[:, None, None, :].expand(-1, 1, embeddings.shape[1], -1)
+            cls_token = self.backbone.encoder(embeddings, attention_mask=attention_mask).last_hidden_state[:, 0]
         else:
             keep = torch.cat([prefix.bool(), visible], dim=1)  # [B, P+N]
-            weights = torch.cat([prefix, weights.to(embeddings.dtype)], dim=1)
             # Masked tokens are zeroed (so even non-finite pixels there cannot leak through 0 * NaN) and never attended.
             embeddings = torch.where(keep[..., None], embeddings * weights[..., None], 0.0)
-            attention_mask = create_bidirectional_mask(self.config, embeddings, keep)
-        hidden_states = self.backbone.encoder(embeddings, attention_mask=attention_mask).last_hidden_state
-        cls_token = self.backbone.layernorm(hidden_states[:, 0])
-        return self.classifier(self.fc_norm(cls_token))
+            if self.training or self.config.stage2_inference == "masked":
+                attention_mask = create_bidirectional_mask(self.config, embeddings, keep)
+                cls_token = self.backbone.encoder(embeddings, attention_mask=attention_mask).last_hidden_state[:, 0]
+            else:
+                cls_token = self._encode_selected_tokens(embeddings, keep)
+        return self.classifier(self.fc_norm(self.backbone.layernorm(cls_token)))
+
+    def _encode_selected_tokens(self, embeddings: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """
+        Run the encoder on the kept tokens only. Each image's tokens form one segment of a row; rows hold several images
+        (`"packed"`, first-fit decreasing into rows as long as the longest selection) or one (`"padded"`, the authors'
+        pruning). A block-diagonal mask keeps the images apart, so the result equals the full-length masked
+        computation. Returns the CLS token of every image, `[B, D]`.
+        """
+        batch_size, _, hidden_size = embeddings.shape
+        lengths = keep.sum(dim=1).tolist()
+        rows, starts, capacity = pack_sequences(lengths, one_per_row=self.config.stage2_inference == "padded")
+        image, position = keep.nonzero(as_tuple=True)  # image-major order
+        rank = (keep.cumsum(dim=1) - 1)[image, position]  # index of a token within its image's selection
+        rows = torch.tensor(rows, device=keep.device)
+        offsets = rows * capacity + torch.tensor(starts, device=keep.device)  # [B], where each image's segment starts
+        destination = offsets[image] + rank
+        num_slots = (int(rows.max()) + 1) * capacity
+
+        packed = embeddings.new_zeros(num_slots, hidden_size).index_copy(0, destination, embeddings[image, position])
+        # padding slots get segments of their own (attending to themselves only, never NaN)
+        segments = -torch.arange(1, num_slots + 1, device=keep.device)
+        segments = segments.index_copy(0, destination, image).view(-1, capacity)  # [rows, capacity]
+        packed = packed.view(-1, capacity, hidden_size)
+        attention_mask = create_bidirectional_mask(
+            self.config, packed, None, and_mask_function=packed_sequence_mask_function(segments)
+        )
+        hidden_states = self.backbone.encoder(packed, attention_mask=attention_mask).last_hidden_state
+        return hidden_states.reshape(num_slots, hidden_size)[offsets]  # CLS opens every segment
+
+
+def pack_sequences(lengths: list[int], one_per_row: bool = False) -> tuple[list[int], list[int], int]:
+    """
+    Place sequences of `lengths` into rows of `max(lengths)` slots, first-fit decreasing (or one per row).
+    Returns the row and the start slot of every sequence, and the row length.
+    """
+    capacity = max(lengths)
+    if one_per_row:
+        return list(range(len(lengths))), [0] * len(lengths), capacity
+    rows, starts, free = [0] * len(lengths), [0] * len(lengths), []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, space in enumerate(free) if space >= lengths[index]), len(free))
+        if row == len(free):
+            free.append(capacity)
+        rows[index], starts[index] = row, capacity - free[row]
+        free[row] -= lengths[index]
+    return rows, starts, capacity
 
 
 class IFAMPreTrainedModel(PreTrainedModel):

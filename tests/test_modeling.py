@@ -231,6 +231,7 @@ def test_config_defaults_follow_the_paper():
 def test_stage2_attention_mask_hides_masked_keys_in_every_layer(model, pixel_values):
     """Eager attention exposes the probabilities: no token attends to a masked patch, in any layer."""
     token_mask = torch.rand(4, NUM_PATCHES, generator=torch.Generator().manual_seed(5)) < 0.5
+    model.config.stage2_inference = "masked"  # the full-length computation of training
     model.stage2.config._attn_implementation = "eager"
     captured = []
     hooks = [
@@ -246,3 +247,50 @@ def test_stage2_attention_mask_hides_masked_keys_in_every_layer(model, pixel_val
         assert probabilities[hidden_keys[:, None, None, :].expand_as(probabilities)].abs().max() == 0
     model.stage2.config._attn_implementation = "sdpa"
     torch.testing.assert_close(model(pixel_values, token_mask=token_mask).logits, eager, atol=1e-5, rtol=0)
+
+
+def varied_token_mask(sizes, num_patches=NUM_PATCHES, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(sizes), num_patches, dtype=torch.bool)
+    for row, size in enumerate(sizes):
+        mask[row, torch.randperm(num_patches, generator=generator)[:size]] = True
+    return mask
+
+
+@pytest.mark.parametrize("num_register_tokens", [0, 4])
+@pytest.mark.parametrize("mode", ["packed", "padded"])
+def test_token_only_inference_equals_masked_attention(num_register_tokens, mode):
+    model = tiny_model(num_register_tokens=num_register_tokens)
+    pixel_values = torch.randn(7, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+    token_mask = varied_token_mask([0, 1, 2, 5, 9, 15, 16])  # very different sizes, an empty one
+    model.config.stage2_inference = "masked"
+    expected = model(pixel_values, token_mask=token_mask).logits
+    model.config.stage2_inference = mode
+    torch.testing.assert_close(model(pixel_values, token_mask=token_mask).logits, expected, atol=1e-4, rtol=0)
+    # and with stage 1's own selection
+    model.config.stage2_inference = "masked"
+    expected = model(pixel_values).logits
+    model.config.stage2_inference = mode
+    torch.testing.assert_close(model(pixel_values).logits, expected, atol=1e-4, rtol=0)
+
+
+def test_training_keeps_the_full_length_masked_path(pixel_values):
+    model = tiny_model(part_dropout_stage2=0.0, gumbel_softmax=False, attention_probs_dropout_prob=0.0).train()
+    calls = []
+    model.stage2._encode_selected_tokens = lambda *args: calls.append(args)
+    model(pixel_values, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+    assert calls == []
+
+
+def test_pack_sequences_first_fit_decreasing():
+    from modeling_ifam.modeling_ifam import pack_sequences
+
+    # capacity 5 (the longest); decreasing order 5, 3, 2, 1: [5] [3 2] [1]
+    assert pack_sequences([5, 2, 3, 1]) == ([0, 1, 1, 2], [0, 3, 0, 0], 5)
+    assert pack_sequences([2, 2, 1, 4]) == ([1, 1, 2, 0], [0, 2, 0, 0], 4)  # [4] [2 2] [1]
+    assert pack_sequences([5, 2, 3, 1], one_per_row=True) == ([0, 1, 2, 3], [0, 0, 0, 0], 5)
+
+
+def test_torch_compile_in_eval_mode(model, pixel_values):
+    compiled = torch.compile(model, backend="eager")
+    torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, atol=1e-5, rtol=0)
