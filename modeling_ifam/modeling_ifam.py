@@ -155,7 +155,7 @@ class IFAMMaskedClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = build_dinov2_backbone(config)
-        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.fc_norm = nn.LayerNorm(config.hidden_size)  # eps 1e-5, as the reference head
         self.classifier = nn.Linear(config.hidden_size, config.num_labels, bias=False)
 
     @property
