@@ -36,3 +36,24 @@ def model():
 @pytest.fixture
 def pixel_values():
     return torch.randn(4, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+TINY_RUN = [
+    "--synthetic_num_train", "64", "--image_size", "28", "--max_eval_samples", "16",
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--max_train_steps", "4",
+    "--checkpointing_steps", "2", "--num_parts", "2",
+]
+
+
+def run_training(output_dir, *extra):
+    import train
+
+    return train.main([*TINY_RUN, "--output_dir", str(output_dir), *extra])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One tiny train.py run shared by the tests that need a trained output folder."""
+    folder = tmp_path_factory.mktemp("trained")
+    results = run_training(folder, "--with_tracking")
+    return folder, results

@@ -1,0 +1,114 @@
+"""Command-line options of train.py. Flag names follow transformers' `run_image_classification_no_trainer.py`."""
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the images come from (shared by train.py and the intervention commands)."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", type=str, default="synthetic",
+                      help="A built-in benchmark (synthetic, waterbirds, metashift, cub, imagenet9, siim_acr, imagenet) "
+                      "or a dataset id on the Hub.")
+    data.add_argument("--data_dir", type=str, default=None, help="Root of a benchmark's raw layout.")
+    data.add_argument("--train_dir", type=str, default=None, help="An imagefolder for training (with metadata file).")
+    data.add_argument("--validation_dir", type=str, default=None, help="An imagefolder for validation.")
+    data.add_argument("--image_column_name", type=str, default="image")
+    data.add_argument("--label_column_name", type=str, default="label")
+    data.add_argument("--group_column_name", type=str, default=None)
+    data.add_argument("--synthetic_regime", choices=["correlated", "ood"], default="correlated")
+    data.add_argument("--synthetic_num_train", type=int, default=3000)
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--image_size", type=int, default=None,
+                      help="Input resolution (default: 112 from scratch, else the backbone's own).")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train iFAM with Accelerate. `python train.py` with no option trains a small model from scratch on "
+        "the built-in synthetic benchmark. Every option can also come from --config (YAML or JSON).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--config", type=str, default=None, help="YAML/JSON file of option values; command-line flags override it.")
+
+    add_data_arguments(parser)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", type=str, default=None,
+                       help="A DINOv2 hub id/folder (both stages start from it) or an iFAM checkpoint to fine-tune. "
+                       "Default: a small DINOv2-architecture model trained from scratch.")
+    model.add_argument("--num_parts", type=int, default=2)
+    model.add_argument("--part_dropout", type=float, default=0.3)
+    model.add_argument("--part_dropout_stage2", type=float, default=0.3)
+    model.add_argument("--use_soft_masks", action="store_true")
+    model.add_argument("--freeze_stage1_backbone", action=argparse.BooleanOptionalAction, default=None,
+                       help="Freeze stage 1's backbone but for its CLS, register and position tokens (default: on "
+                       "from a pretrained backbone, off from scratch).")
+    model.add_argument("--freeze_stage2_backbone", action=argparse.BooleanOptionalAction, default=False)
+    for name, default in [("stage1_classification", 1.0), ("stage2_classification", 1.0), ("presence", 1.0),
+                          ("equivariance", 1.0), ("orthogonality", 1.0), ("total_variation", 1.0), ("entropy", 1.0),
+                          ("background", 2.0), ("concentration", 0.0)]:
+        model.add_argument(f"--{name}_loss_weight", type=float, default=default)
+
+    optim = parser.add_argument_group("optimization (the paper's recipe)")
+    optim.add_argument("--per_device_train_batch_size", type=int, default=32)
+    optim.add_argument("--per_device_eval_batch_size", type=int, default=64)
+    optim.add_argument("--num_train_epochs", type=int, default=8)
+    optim.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--backbone_learning_rate", type=float, default=None,
+                       help="Backbone tokens and stage-2 layers at batch 16 (default 1e-6 pretrained, 1e-3 scratch).")
+    optim.add_argument("--prototype_learning_rate", type=float, default=1e-3)
+    optim.add_argument("--head_learning_rate", type=float, default=1e-2)
+    optim.add_argument("--reference_batch_size", type=int, default=16,
+                       help="Learning rates are given at this batch size and scaled by sqrt(effective batch / it).")
+    optim.add_argument("--weight_decay", type=float, default=0.05)
+    optim.add_argument("--max_grad_norm", type=float, default=2.0)
+    optim.add_argument("--lr_scheduler_type", type=str, default="cosine")
+    optim.add_argument("--num_warmup_steps", type=int, default=None, help="Default: 5%% of the training steps.")
+    optim.add_argument("--ema_decay", type=float, default=0.0, help="EMA of the weights (0: off), e.g. 0.999.")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--calibration_percentiles", type=float, nargs="*", default=[97.0, 99.0],
+                     help="Calibrate the token-removal thresholds at these percentiles on the training split after "
+                     "training (none: skip).")
+    run.add_argument("--output_dir", type=str, default="outputs/synthetic")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--checkpointing_steps", type=str, default="epoch",
+                     help="'epoch', or save a resumable state every N optimizer steps.")
+    run.add_argument("--resume_from_checkpoint", type=str, default=None,
+                     help="A checkpoint folder, or 'latest' for the newest one in --output_dir.")
+    run.add_argument("--with_tracking", action="store_true")
+    run.add_argument("--report_to", type=str, default="tensorboard")
+    run.add_argument("--logging_steps", type=int, default=10)
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", type=str, default=None)
+    run.add_argument("--hub_token", type=str, default=None)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        path = Path(known.config)
+        if not path.is_file():
+            parser.error(f"--config {path} does not exist")
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(values, dict):
+            parser.error(f"--config {path} must hold a mapping of option names to values")
+        unknown = sorted(set(values) - {action.dest for action in parser._actions})
+        if unknown:
+            parser.error(f"--config {path} sets unknown options {unknown}")
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    if args.checkpointing_steps != "epoch" and not args.checkpointing_steps.isdigit():
+        parser.error(f"--checkpointing_steps must be 'epoch' or a number, got {args.checkpointing_steps!r}")
+    return args

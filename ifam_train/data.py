@@ -1,0 +1,130 @@
+"""Turning a benchmark's `DatasetDict` into model inputs: the image processor's geometry, plus masks and groups."""
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BitImageProcessor
+from transformers.image_transforms import center_crop, resize
+from transformers.image_utils import ChannelDimension, PILImageResampling
+from transformers.image_processing_utils import get_size_dict
+from transformers.image_transforms import get_resize_output_image_size
+
+
+def dinov2_processor(image_size: int) -> BitImageProcessor:
+    """DINOv2's preprocessing (resize the short side by 256/224, centre crop, ImageNet normalization) at a size."""
+    return BitImageProcessor(
+        size={"shortest_edge": round(image_size * 256 / 224)},
+        crop_size={"height": image_size, "width": image_size},
+        resample=PILImageResampling.BICUBIC,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        do_convert_rgb=True,
+    )
+
+
+class BatchTransform:
+    """
+    `datasets.Dataset.with_transform` callable: images (and ground-truth masks) -> tensors, deterministically.
+
+    Evaluation uses the image processor itself, so figures match what `pipeline` users get; the masks follow the same
+    resize and centre crop (nearest neighbour). Training resizes the same way and keeps the central square of the
+    resized side; the random crop and flip happen in the training loop (`random_crop_flip`), where they draw from the
+    RNG that Accelerate checkpoints, so a resumed run replays the same augmentations.
+    """
+
+    def __init__(self, processor: BitImageProcessor, train: bool):
+        self.processor, self.train = processor, train
+        self.size = get_size_dict(processor.size, default_to_square=False)["shortest_edge"]
+        self.crop = (processor.crop_size["height"], processor.crop_size["width"]) if not train else (self.size,) * 2
+        self.mean = np.asarray(processor.image_mean, dtype=np.float32)
+        self.std = np.asarray(processor.image_std, dtype=np.float32)
+
+    def _geometry(self, array: np.ndarray, resample) -> np.ndarray:
+        """Resize the short side as the processor does, then centre-crop to `self.crop`; [H, W, C] -> [h, w, C]."""
+        output_size = get_resize_output_image_size(
+            array, size=self.size, default_to_square=False, input_data_format=ChannelDimension.LAST
+        )
+        array = resize(array, output_size, resample=resample, input_data_format=ChannelDimension.LAST)
+        return center_crop(array, self.crop, input_data_format=ChannelDimension.LAST)
+
+    def __call__(self, batch: dict) -> dict:
+        images = [image.convert("RGB") for image in batch["image"]]
+        out = {"labels": torch.as_tensor(batch["label"])}
+        if "group" in batch:
+            out["group"] = torch.as_tensor(batch["group"])
+        if "mask" in batch:
+            out["mask"] = torch.stack([
+                torch.from_numpy(np.ascontiguousarray(
+                    self._geometry(np.asarray(mask.convert("L"))[..., None], PILImageResampling.NEAREST)[..., 0] > 0
+                ))
+                for mask in batch["mask"]
+            ])
+        if not self.train:
+            out["pixel_values"] = self.processor(images, return_tensors="pt")["pixel_values"]
+            return out
+        arrays = [self._geometry(np.asarray(image), self.processor.resample).astype(np.float32) for image in images]
+        pixel_values = [(array / 255.0 - self.mean) / self.std for array in arrays]
+        out["pixel_values"] = torch.from_numpy(np.stack(pixel_values).transpose(0, 3, 1, 2).copy())
+        return out
+
+
+def random_crop_flip(batch: dict, crop: tuple[int, int]) -> dict:
+    """A random `crop` and a random horizontal flip per image, applied alike to `pixel_values` and `mask`."""
+    pixel_values, mask = batch["pixel_values"], batch.get("mask")
+    height, width = pixel_values.shape[-2:]
+    cropped_images, cropped_masks = [], []
+    for index in range(pixel_values.shape[0]):
+        top = int(torch.randint(0, height - crop[0] + 1, ()))
+        left = int(torch.randint(0, width - crop[1] + 1, ()))
+        flip = bool(torch.rand(()) < 0.5)
+        window = (..., slice(top, top + crop[0]), slice(left, left + crop[1]))
+        for source, target in ((pixel_values, cropped_images), (mask, cropped_masks)):
+            if source is not None:
+                piece = source[index][window]
+                target.append(piece.flip(-1) if flip else piece)
+    out = {**batch, "pixel_values": torch.stack(cropped_images)}
+    if mask is not None:
+        out["mask"] = torch.stack(cropped_masks)
+    return out
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stack the per-example tensors that `BatchTransform` produced."""
+    return {key: torch.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+def load_training_data(args):
+    """The `DatasetDict` that train.py trains on: the built-in benchmark, a paper benchmark, or a Hub/imagefolder."""
+    import os
+
+    if args.dataset_name == "synthetic":
+        from ifam_data.synthetic import make_synthetic_benchmark
+
+        data = make_synthetic_benchmark(
+            regime=args.synthetic_regime, num_train=args.synthetic_num_train, image_size=args.image_size or 112,
+            seed=args.seed, cache_dir=os.path.join(os.path.expanduser("~"), ".cache", "ifam", "synthetic"),
+        )
+        return _limit(data, args)
+
+    from ifam_data.benchmarks import BENCHMARKS, load_benchmark, load_generic
+
+    if args.dataset_name in BENCHMARKS and args.train_dir is None:
+        if args.data_dir is None:
+            raise ValueError(f"--dataset_name {args.dataset_name} needs --data_dir (the benchmark's raw layout).")
+        data = load_benchmark(args.dataset_name, args.data_dir)
+    else:
+        data = load_generic(
+            dataset_name=None if args.train_dir else args.dataset_name, train_dir=args.train_dir,
+            validation_dir=args.validation_dir, image_column_name=args.image_column_name,
+            label_column_name=args.label_column_name, group_column_name=args.group_column_name,
+        )
+    return _limit(data, args)
+
+
+def _limit(data, args):
+    if "train" not in data:
+        raise ValueError(f"The data has no 'train' split (splits: {list(data)}).")
+    for split, limit in [("train", args.max_train_samples)] + [(s, args.max_eval_samples) for s in data if s != "train"]:
+        if limit is not None and limit < len(data[split]):
+            data[split] = data[split].shuffle(seed=args.seed).select(range(limit))
+    return data

@@ -1,0 +1,72 @@
+"""Evaluation of a classifier on one split, with the project's `evaluate` modules."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from ifam_metrics import load_metric
+
+
+@torch.no_grad()
+def predict(model, dataloader, accelerator: Accelerator, **forward_kwargs) -> dict[str, np.ndarray]:
+    """
+    Run `model` over `dataloader` (gathered across processes). Returns `predictions`, `references`, `scores` (softmax)
+    and, where available, `stage1_predictions`, `groups`, `coverage` (fraction of patches stage 2 saw) and the
+    discovered/ground-truth pixel masks `predicted_masks`/`reference_masks`.
+    """
+    model.eval()
+    collected: dict[str, list] = {}
+
+    def keep(name, tensor):
+        collected.setdefault(name, []).append(accelerator.gather_for_metrics(tensor).cpu())
+
+    for batch in dataloader:
+        outputs = model(pixel_values=batch["pixel_values"], **forward_kwargs)
+        keep("predictions", outputs.logits.argmax(-1))
+        keep("scores", outputs.logits.float().softmax(-1))
+        keep("references", batch["labels"])
+        if "group" in batch:
+            keep("groups", batch["group"])
+        token_mask = getattr(outputs, "token_mask", None)
+        if token_mask is not None:
+            keep("stage1_predictions", outputs.stage1_logits.argmax(-1))
+            keep("coverage", token_mask.float().mean(-1))
+            if "mask" in batch:
+                height, width = batch["mask"].shape[-2:]
+                side = outputs.part_maps.shape[-2:]
+                grid = token_mask.view(-1, 1, *side).float()
+                keep("predicted_masks", F.interpolate(grid, size=(height, width), mode="nearest")[:, 0].bool())
+                keep("reference_masks", batch["mask"])
+    return {name: torch.cat(chunks).numpy() for name, chunks in collected.items()}
+
+
+def compute_metrics(results: dict[str, np.ndarray], worst_group_auc: bool = False) -> dict[str, float]:
+    """Accuracy (stage 2 and stage 1), group accuracies, ROC AUC for binary tasks, foreground mIoU."""
+    references = results["references"]
+    metrics = {"accuracy": load_metric("accuracy").compute(predictions=results["predictions"], references=references)[
+        "accuracy"
+    ]}
+    if "stage1_predictions" in results:
+        metrics["stage1_accuracy"] = load_metric("accuracy").compute(
+            predictions=results["stage1_predictions"], references=references
+        )["accuracy"]
+        metrics["coverage"] = float(results["coverage"].mean())
+    if "groups" in results:
+        groups = load_metric("group_accuracy").compute(
+            predictions=results["predictions"], references=references, groups=results["groups"]
+        )
+        metrics.update({key: groups[key] for key in ("average_accuracy", "worst_group_accuracy", "mean_group_accuracy")})
+        metrics["per_group_accuracy"] = {str(k): v for k, v in groups["per_group_accuracy"].items()}
+    if results["scores"].shape[1] == 2 and len(np.unique(references)) == 2:
+        auc = load_metric("roc_auc").compute(
+            prediction_scores=results["scores"][:, 1], references=references,
+            groups=results["groups"] if worst_group_auc and "groups" in results else None,
+        )
+        metrics.update({key: value for key, value in auc.items() if key in ("roc_auc", "worst_group_roc_auc")})
+    if "predicted_masks" in results:
+        miou = load_metric("foreground_miou").compute(
+            predictions=list(results["predicted_masks"]), references=list(results["reference_masks"])
+        )
+        metrics["fg_miou"] = miou["foreground_miou"]
+    return metrics
