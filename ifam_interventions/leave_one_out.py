@@ -1,0 +1,97 @@
+"""Leave-one-out evaluation (paper, section 5.2): a split evaluated with each part dropped in turn, and with the
+token-removal thresholds on top; the table is written as JSON and Markdown.
+
+    python -m ifam_interventions.leave_one_out --model_name_or_path outputs/synthetic --split test
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from ifam_train.evaluation import compute_metrics, predict
+from modeling_ifam import IFAMForImageClassification
+
+TABLE_FILE = "leave_one_out"
+COLUMNS = ("accuracy", "worst_group_accuracy", "roc_auc", "worst_group_roc_auc", "fg_miou", "coverage")
+
+
+def leave_one_out(
+    model: IFAMForImageClassification,
+    dataloader,
+    accelerator: Accelerator,
+    percentiles: tuple[float, ...] = (),
+    worst_group_auc: bool = False,
+) -> list[dict]:
+    """
+    One row per intervention: none, each part dropped alone, and each of those with token removal at every calibrated
+    percentile in `percentiles`. Rows carry `parts_dropped`, `percentile` (None: no token removal) and the metrics.
+    """
+    missing = [q for q in percentiles if model.config.thresholds_for(q) is None]
+    if missing:
+        raise ValueError(
+            f"No token-removal thresholds for percentiles {missing}; calibrate first "
+            f"(python -m ifam_interventions.calibration). Calibrated: {sorted(model.config.part_distance_thresholds)}."
+        )
+    rows = []
+    for parts in [[]] + [[part] for part in range(model.config.num_parts)]:
+        for percentile in (None, *percentiles):
+            results = predict(model, dataloader, accelerator, parts_to_drop=parts, token_removal_percentile=percentile,
+                              use_token_removal=percentile is not None)
+            metrics = compute_metrics(results, worst_group_auc=worst_group_auc)
+            rows.append({"parts_dropped": parts, "percentile": percentile,
+                         **{k: v for k, v in metrics.items() if not isinstance(v, dict)}})
+    return rows
+
+
+def row_label(row: dict) -> str:
+    parts = "drop part " + ",".join(map(str, row["parts_dropped"])) if row["parts_dropped"] else "no part dropped"
+    return parts if row["percentile"] is None else f"{parts} + q={row['percentile']:g}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Metrics in percent; the difference to the row without intervention in parentheses."""
+    columns = [c for c in COLUMNS if c in rows[0]]
+    base = rows[0]
+    lines = ["| intervention | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{100 * row[c]:.1f}" + ("" if row is base else f" ({100 * (row[c] - base[c]):+.1f})")
+                 for c in columns]
+        lines.append(f"| {row_label(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict], folder: str | Path) -> tuple[Path, Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = folder / f"{TABLE_FILE}.json", folder / f"{TABLE_FILE}.md"
+    json_path.write_text(json.dumps(rows, indent=2) + "\n")
+    markdown_path.write_text(markdown_table(rows))
+    return json_path, markdown_path
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from ifam_interventions.cli import add_model_and_data_arguments, eval_dataloader, load_model
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_and_data_arguments(parser)
+    parser.add_argument("--percentiles", type=float, nargs="*", default=None,
+                        help="Token-removal percentiles to add on top (default: every calibrated one).")
+    parser.add_argument("--output_dir", type=str, default=None, help="Default: the model folder.")
+    args = parser.parse_args(argv)
+    model = load_model(args.model_name_or_path)
+    percentiles = args.percentiles if args.percentiles is not None else sorted(
+        float(q) for q in model.config.part_distance_thresholds)
+    accelerator = Accelerator()
+    loader = accelerator.prepare(eval_dataloader(args, model))
+    rows = leave_one_out(model, loader, accelerator, percentiles, worst_group_auc=args.dataset_name == "siim_acr")
+    if accelerator.is_main_process:
+        paths = write_table(rows, args.output_dir or args.model_name_or_path)
+        print(markdown_table(rows))
+        print("written:", *paths)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

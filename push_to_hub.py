@@ -1,0 +1,141 @@
+"""Publish a train.py output folder as a Hub model repository.
+
+    python push_to_hub.py outputs/synthetic --repo_id me/ifam-waterbirds
+    python push_to_hub.py outputs/synthetic --dry-run --output-dir /tmp/upload     # writes exactly what would go up
+
+The repository holds the safetensors weights, the config (with the token-removal thresholds), the part statistics, the
+image processor, the modeling code for `trust_remote_code` users, and a model card with the Hub's metadata block
+(`model-index` from `metrics.json`) and the leave-one-out intervention table. The upload goes through `huggingface_hub`
+(`create_repo`, `upload_folder`) with the token from the usual place (`HF_TOKEN`, `hf auth login`) unless given.
+"""
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from ifam_interventions.calibration import STATISTICS_FILE
+from ifam_interventions.leave_one_out import TABLE_FILE, markdown_table
+from modeling_ifam import IFAMConfig, write_remote_code
+
+REQUIRED = ("config.json", "model.safetensors", "preprocessor_config.json")
+OPTIONAL = ("metrics.json", STATISTICS_FILE, f"{TABLE_FILE}.json", f"{TABLE_FILE}.md", "parts.png",
+            f"{TABLE_FILE}.png")
+METRIC_NAMES = {
+    "accuracy": "Accuracy", "worst_group_accuracy": "Worst-group accuracy", "roc_auc": "ROC AUC",
+    "worst_group_roc_auc": "Worst-group ROC AUC", "fg_miou": "Foreground mIoU",
+}
+
+
+def model_card(folder: Path, repo_id: str, dataset: str | None) -> str:
+    config = IFAMConfig.from_pretrained(folder)
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    results = [
+        {"task": {"type": "image-classification", "name": "Image Classification"},
+         "dataset": {"type": dataset or "custom", "name": f"{dataset or 'custom'} ({split})", "split": split},
+         "metrics": [{"type": key, "name": METRIC_NAMES[key], "value": round(100 * value, 2)}
+                     for key, value in split_metrics.items() if key in METRIC_NAMES]}
+        for split, split_metrics in metrics.items()
+    ]
+    metadata = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-classification",
+        "license": "apache-2.0",
+        "tags": ["ifam", "vision", "image-classification", "interpretability", "dinov2", "custom_code"],
+        **({"datasets": [dataset]} if dataset and "/" in dataset else {}),
+        "model-index": [{"name": repo_id.split("/")[-1], "results": results}],
+    }
+    lines = [
+        "---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
+        f"# {repo_id.split('/')[-1]}", "",
+        "An **iFAM** classifier (Inherently Faithful Attention Maps for Vision Transformers, arXiv 2506.08915): stage 1 "
+        f"discovers {config.num_parts} parts on a DINOv2 backbone ({config.hidden_size}-dim, "
+        f"{config.num_hidden_layers} layers, patch {config.patch_size}), and stage 2 classifies the image seeing only "
+        "the patches of those parts. Nothing outside `token_mask` can move the prediction.", "",
+        f"Classes: {', '.join(config.id2label[i] for i in range(config.num_labels))}.", "",
+        "## Use", "", "```python",
+        "from transformers import pipeline, AutoModelForImageClassification",
+        f'classifier = pipeline("image-classification", model="{repo_id}", trust_remote_code=True)',
+        f'model = AutoModelForImageClassification.from_pretrained("{repo_id}", trust_remote_code=True)',
+        "outputs = model(pixel_values)            # outputs.logits, outputs.token_mask, outputs.part_maps",
+        "model(pixel_values, parts_to_drop=[k])   # part removal",
+        "```", "",
+        "With the `ifam` package installed, `import modeling_ifam` registers the classes and `trust_remote_code` is not "
+        "needed.", "",
+    ]
+    if metrics:
+        columns = [key for key in METRIC_NAMES if any(key in m for m in metrics.values())]
+        lines += ["## Evaluation", "", "| split | " + " | ".join(METRIC_NAMES[c] for c in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        lines += [f"| {split} | " + " | ".join(f"{100 * m[c]:.1f}" if c in m else "" for c in columns) + " |"
+                  for split, m in metrics.items()]
+        lines.append("")
+    if config.part_distance_thresholds:
+        lines += ["## Interventions", "",
+                  "Token-removal thresholds are calibrated for percentiles "
+                  f"{', '.join(sorted(config.part_distance_thresholds, key=float))} "
+                  "(`model(pixel_values, token_removal_percentile=97)`); per-part statistics are in "
+                  f"`{STATISTICS_FILE}`.", ""]
+    table = folder / f"{TABLE_FILE}.json"
+    if table.is_file():
+        lines += ["Leave-one-out evaluation (metrics in %, change against no intervention in parentheses):", "",
+                  markdown_table(json.loads(table.read_text()))]
+    if (folder / "parts.png").is_file():
+        lines += ["![Part maps, stage-2 masks and interventions](parts.png)", ""]
+    return "\n".join(lines) + "\n"
+
+
+def prepare_upload(folder: str | Path, destination: str | Path, repo_id: str, dataset: str | None = None) -> list[Path]:
+    """Write into `destination` exactly the files to upload. Returns them."""
+    folder, destination = Path(folder), Path(destination)
+    missing = [name for name in REQUIRED if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {missing}: is it a train.py output folder?")
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in REQUIRED + OPTIONAL:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, destination / name)
+    write_remote_code(destination)
+    (destination / "README.md").write_text(model_card(folder, repo_id, dataset))
+    return sorted(destination.iterdir())
+
+
+def publish(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False,
+            dataset: str | None = None) -> str:
+    """Create the repository (if needed) and upload the folder's publishable files. Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as staging:
+        prepare_upload(folder, staging, repo_id, dataset)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message="Upload iFAM model")
+    return str(commit)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="A train.py output folder.")
+    parser.add_argument("--repo_id", "--hub_model_id", dest="repo_id", default=None,
+                        help="Default: the folder's name.")
+    parser.add_argument("--dataset", default=None, help="The Hub dataset id the model was trained on (model card).")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--token", default=None, help="Default: the token from HF_TOKEN or `hf auth login`.")
+    parser.add_argument("--dry-run", action="store_true", help="Write the files to --output-dir; upload nothing.")
+    parser.add_argument("--output-dir", default=None)
+    args = parser.parse_args(argv)
+    repo_id = args.repo_id or Path(args.folder).resolve().name
+    if args.dry_run:
+        if not args.output_dir:
+            parser.error("--dry-run needs --output-dir")
+        files = prepare_upload(args.folder, args.output_dir, repo_id, args.dataset)
+        print(f"dry run: {len(files)} files for {repo_id} written to {args.output_dir}:", *[f.name for f in files])
+        return
+    print(publish(args.folder, repo_id, args.token, args.private, args.dataset))
+
+
+if __name__ == "__main__":
+    main()
