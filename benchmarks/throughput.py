@@ -1,0 +1,233 @@
+"""Inference and training throughput of iFAM against a plain DINOv2 classifier, measured side by side in one run.
+
+    python benchmarks/throughput.py                       # ViT-S/14 at 224, batch 16, float32 (fits a 2-core CPU)
+    python benchmarks/throughput.py --size base --image-size 518 --dtype bfloat16 --device cuda   # the paper's setting
+
+Configurations, all with random weights and the selection fixed by `token_mask` (random weights select arbitrarily):
+  (a) iFAM, stage 2 on the selected tokens only, packed (`stage2_inference="packed"`)
+  (b) iFAM, stage 2 on the selected tokens only, each image padded to the batch's largest selection (the authors' way)
+  (c) iFAM, stage 2 on every token with the masked attention (the training computation)
+  (d) transformers' Dinov2ForImageClassification of the same size and resolution
+in two regimes: every image keeps 25% of its patches, and each image keeps a fraction drawn uniformly in [5%, 60%].
+Also one training step of (a) (the paper's recipe: stage-1 backbone frozen but for its tokens) and of (d).
+Ratios are computed between figures of the same run, so they hold on a noisy machine.
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from transformers import Dinov2Config, Dinov2ForImageClassification
+
+from configuration_ifam import IFAMConfig
+from ifam_train.optim import set_trainable
+from modeling_ifam import IFAMForImageClassification
+
+SIZES = {
+    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=SIZES, default="small")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-parts", type=int, default=8)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models (eval mode).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="Write the figures and ratios here.")
+    return parser.parse_args(argv)
+
+
+def token_masks(batch_size: int, num_patches: int, fractions: torch.Tensor, generator: torch.Generator):
+    """A boolean [B, N] selection keeping round(fraction * N) random patches of each image."""
+    mask = torch.zeros(batch_size, num_patches, dtype=torch.bool)
+    for row, fraction in enumerate(fractions.tolist()):
+        mask[row, torch.randperm(num_patches, generator=generator)[: round(fraction * num_patches)]] = True
+    return mask
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA's allocator statistics, or the process's resident-set high-water mark on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+            self.base = self._status("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        else:
+            self.peak_mib = (self._status("VmHWM") - self.base) / 2**10
+
+    @staticmethod
+    def _status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])  # kB
+        raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_all(steps: dict, device: torch.device, warmup: int, repeats: int, batch_size: int) -> dict:
+    """
+    Images per second (median over repeats) and peak memory of every step. The repeats go round-robin over the
+    configurations, so a slow phase of a shared machine hits all of them alike and the ratios stay fair.
+    """
+
+    def timed(step):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    times, memory = {name: [] for name in steps}, {}
+    for name, step in steps.items():
+        for _ in range(warmup):
+            step()
+        with PeakMemory(device) as peak:
+            times[name].append(timed(step))
+        memory[name] = peak.peak_mib
+    for _ in range(repeats - 1):
+        for name, step in steps.items():
+            times[name].append(timed(step))
+    results = {}
+    for name, samples in times.items():
+        median = sorted(samples)[len(samples) // 2]
+        results[name] = {"images_per_second": batch_size / median, "seconds_per_batch": median,
+                         "peak_memory_mib": memory[name]}
+    return results
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)
+    backbone = dict(**SIZES[args.size], image_size=args.image_size, patch_size=14, num_labels=200)
+    ifam = IFAMForImageClassification(IFAMConfig(**backbone, num_parts=args.num_parts)).to(device).eval()
+    dinov2 = Dinov2ForImageClassification(Dinov2Config(**backbone)).to(device).eval()
+    run_ifam = torch.compile(ifam) if args.compile else ifam
+    run_dinov2 = torch.compile(dinov2) if args.compile else dinov2
+
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = args.batch_size
+    num_patches = (args.image_size // 14) ** 2
+    pixel_values = torch.randn(batch, 3, args.image_size, args.image_size, generator=generator).to(device)
+    regimes = {
+        "25": token_masks(batch, num_patches, torch.full((batch,), 0.25), generator).to(device),
+        "varied": token_masks(batch, num_patches, 0.05 + 0.55 * torch.rand(batch, generator=generator), generator).to(device),
+        "100": torch.ones(batch, num_patches, dtype=torch.bool, device=device),
+    }
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def inference(model, mode=None, **kwargs):
+        def step():
+            if mode is not None:
+                ifam.config.stage2_inference = mode
+            with torch.inference_mode(), autocast:
+                model(pixel_values, **kwargs)
+        return step
+
+    def stage2_only(mask):
+        weights = mask.to(pixel_values.dtype)
+
+        def step():
+            ifam.config.stage2_inference = "packed"
+            with torch.inference_mode(), autocast:
+                ifam.stage2(pixel_values, mask, weights)
+        return step
+
+    figures = {"setting": {**vars(args), "json": str(args.json), "machine": machine(device)}}
+    steps = {"d_dinov2": inference(run_dinov2)}
+    for regime in ("25", "varied"):
+        for label, mode in (("a_packed", "packed"), ("b_padded", "padded"), ("c_masked", "masked")):
+            steps[f"{label}_{regime}"] = inference(run_ifam, mode=mode, token_mask=regimes[regime])
+    steps["stage2_packed_25"] = stage2_only(regimes["25"])
+    steps["stage2_packed_100"] = stage2_only(regimes["100"])
+    common = dict(device=device, warmup=args.warmup, repeats=args.repeats, batch_size=batch)
+    results = figures["results"] = measure_all(steps, **common)
+
+    # One training step of each: forward, the full objective, backward, optimizer step
+    labels = torch.randint(0, 200, (batch,), generator=generator).to(device)
+    ifam.train()
+    set_trainable(ifam, freeze_stage1_backbone=True, freeze_stage2_backbone=False)
+    dinov2.train()
+
+    def train_step(model):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+        def step():
+            with autocast:
+                loss = model(pixel_values, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    results.update(measure_all({"a_train_step": train_step(ifam), "d_train_step": train_step(dinov2)}, **common))
+
+    def ips(name):
+        return results[name]["images_per_second"]
+
+    figures["ratios"] = {
+        "inference_ratio_vs_dinov2": ips("a_packed_25") / ips("d_dinov2"),
+        "inference_ratio_vs_dinov2_varied": ips("a_packed_varied") / ips("d_dinov2"),
+        "padded_ratio_vs_dinov2_varied": ips("b_padded_varied") / ips("d_dinov2"),
+        "packed_vs_padded_varied": ips("a_packed_varied") / ips("b_padded_varied"),
+        "packed_vs_masked_25": ips("a_packed_25") / ips("c_masked_25"),
+        "stage2_ratio_25_vs_100": results["stage2_packed_25"]["seconds_per_batch"]
+        / results["stage2_packed_100"]["seconds_per_batch"],
+        "train_step_ratio_vs_dinov2": results["a_train_step"]["seconds_per_batch"]
+        / results["d_train_step"]["seconds_per_batch"],
+    }
+    print(table(figures))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def table(figures: dict) -> str:
+    setting = figures["setting"]
+    lines = [
+        f"{setting['size']} ViT/14 at {setting['image_size']} px, batch {setting['batch_size']}, {setting['dtype']}, "
+        f"{setting['machine']}",
+        "| configuration | images/s | peak memory (MiB) |",
+        "|---|---|---|",
+    ]
+    for name, figure in figures["results"].items():
+        lines.append(f"| {name} | {figure['images_per_second']:.1f} | {figure['peak_memory_mib']:.0f} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.3f} |" for name, value in figures["ratios"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
