@@ -19,29 +19,36 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, get_scheduler
+from transformers import AutoConfig, Dinov2Config, Dinov2ForImageClassification, get_scheduler
 
 from ifam_interventions.calibration import calibrate_token_removal, save_statistics
 from ifam_train.arguments import parse_args
 from ifam_train.data import BatchTransform, collate, dinov2_processor, load_training_data, random_crop_flip
-from ifam_train.evaluation import compute_metrics, predict
+from ifam_train.evaluation import compute_metrics, ground_truth_token_mask, predict
 from ifam_train.optim import parameter_groups, set_trainable
 from modeling_ifam import IFAMConfig, IFAMForImageClassification, write_remote_code
 
 logger = get_logger(__name__)
 
 # The default from-scratch model: DINOv2's architecture at a size that trains on 2 CPU cores in minutes.
-SMALL_BACKBONE = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=4, patch_size=7)
+SMALL_BACKBONE = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=4)
 
 
-def build_model(args, id2label: dict[int, str]) -> IFAMForImageClassification:
+def build_model(args, id2label: dict[int, str]) -> IFAMForImageClassification | Dinov2ForImageClassification:
+    if args.model_type == "dinov2":
+        if args.model_name_or_path is None:
+            config = Dinov2Config(**SMALL_BACKBONE, patch_size=args.patch_size, image_size=args.image_size or 56,
+                                  id2label=id2label)
+            return Dinov2ForImageClassification(config)
+        return Dinov2ForImageClassification.from_pretrained(args.model_name_or_path, id2label=id2label)
     ifam_options = dict(
         num_parts=args.num_parts, part_dropout=args.part_dropout, part_dropout_stage2=args.part_dropout_stage2,
         use_soft_masks=args.use_soft_masks, id2label=id2label,
         **{name: getattr(args, name) for name in IFAMConfig.__dataclass_fields__ if name.endswith("_loss_weight")},
     )
     if args.model_name_or_path is None:
-        config = IFAMConfig(**SMALL_BACKBONE, image_size=args.image_size or 112, **ifam_options)
+        config = IFAMConfig(**SMALL_BACKBONE, patch_size=args.patch_size, image_size=args.image_size or 56,
+                            **ifam_options)
         return IFAMForImageClassification(config)
     if AutoConfig.from_pretrained(args.model_name_or_path).model_type == "ifam":
         model = IFAMForImageClassification.from_pretrained(args.model_name_or_path)
@@ -72,8 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
     image_size = args.image_size or model.config.image_size
     processor = dinov2_processor(image_size)
     pretrained = args.model_name_or_path is not None
-    freeze_stage1 = pretrained if args.freeze_stage1_backbone is None else args.freeze_stage1_backbone
-    set_trainable(model, freeze_stage1_backbone=freeze_stage1, freeze_stage2_backbone=args.freeze_stage2_backbone)
+    is_ifam = isinstance(model, IFAMForImageClassification)
+    if is_ifam:
+        freeze_stage1 = pretrained if args.freeze_stage1_backbone is None else args.freeze_stage1_backbone
+        set_trainable(model, freeze_stage1_backbone=freeze_stage1, freeze_stage2_backbone=args.freeze_stage2_backbone)
+    ground_truth = args.token_mask_source == "ground_truth"
 
     train_data = data["train"].with_transform(BatchTransform(processor, train=True))
     eval_splits = [name for name in data if name != "train"]
@@ -135,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
         for batch in loader:
             batch = random_crop_flip(batch, crop=(image_size, image_size))
             with accelerator.accumulate(model):
-                outputs = model(pixel_values=batch["pixel_values"], labels=batch["labels"])
+                extra = {"token_mask": ground_truth_token_mask(batch["mask"], args.patch_size)} if ground_truth else {}
+                outputs = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **extra)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -150,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
                 ema.update_parameters(accelerator.unwrap_model(model))
             if completed_steps % args.logging_steps == 0:
                 logs = {"train/loss": outputs.loss.item(), "lr/backbone": scheduler.get_last_lr()[0], "epoch": epoch}
-                logs.update({f"train/{name}": value.item() for name, value in outputs.loss_terms.items()})
+                terms = getattr(outputs, "loss_terms", None) or {}  # iFAM's terms; a plain classifier has none
+                logs.update({f"train/{name}": value.item() for name, value in terms.items()})
                 progress.set_postfix(loss=f"{logs['train/loss']:.3f}")
                 if args.with_tracking:
                     accelerator.log(logs, step=completed_steps)
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.checkpointing_steps == "epoch" and completed_steps < max_steps:
             save_checkpoint(accelerator, output_dir, completed_steps)
         if "validation" in eval_loaders:
-            metrics = compute_metrics(predict(model, eval_loaders["validation"], accelerator))
+            metrics = compute_metrics(predict(model, eval_loaders["validation"], accelerator, ground_truth))
             accelerator.print(f"epoch {epoch}: " + format_metrics(metrics))
             if args.with_tracking:
                 accelerator.log({f"validation/{k}": v for k, v in metrics.items() if not isinstance(v, dict)},
@@ -172,13 +184,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Final model (EMA weights when on), evaluated on every evaluation split and saved ready for pipeline()
     final = accelerator.unwrap_model(model) if ema is None else ema.module
-    results = {name: compute_metrics(predict(final, loader, accelerator),
+    results = {name: compute_metrics(predict(final, loader, accelerator, ground_truth),
                                      worst_group_auc=args.dataset_name == "siim_acr")
                for name, loader in eval_loaders.items()}
     if args.with_tracking:
         accelerator.end_training()
     statistics = None
-    if args.calibration_percentiles:  # token-removal thresholds from the training images, as in the paper
+    if is_ifam and args.calibration_percentiles:  # token-removal thresholds from the training images, as in the paper
         calibration_data = data["train"].with_transform(BatchTransform(processor, train=False))
         calibration_loader = DataLoader(calibration_data, batch_size=args.per_device_eval_batch_size,
                                         collate_fn=collate, num_workers=args.dataloader_num_workers)
@@ -188,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
         if statistics is not None:
             save_statistics(statistics, output_dir)
         processor.save_pretrained(output_dir)
-        write_remote_code(output_dir)
+        if is_ifam:
+            write_remote_code(output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
         print(results_table(results))
         if args.push_to_hub:

@@ -43,7 +43,12 @@ class IFAMConfig(Dinov2Config):
             How stage 2 runs at inference. `"packed"`: the selected tokens alone, several images per sequence with a
             block-diagonal mask (no padding to the largest selection). `"padded"`: the selected tokens alone, one image
             per sequence padded to the batch's largest selection (the authors' pruning). `"masked"`: every token, with
-            the attention mask (the training computation). All three give the same logits.
+            the attention mask. All three give the same logits.
+        stage2_training (`str`, *optional*, defaults to `"masked"`):
+            How stage 2 runs in training: `"masked"` (every token, attention mask) or `"packed"` (the selected tokens
+            only). Both give the same loss and the same gradients, stage 1's straight-through gradient included: an
+            unselected token is never attended, so its gradient is zero in the full-length computation too. `"packed"`
+            needs `drop_path_rate=0` (stochastic depth would drop the images sharing a sequence together).
         *_loss_weight (`float`):
             Weights of the training objective. A weight of 0 turns a term off. Defaults follow the reference recipe:
             stage-1 and stage-2 classification 1, presence 1, equivariance 1, orthogonality 1, total variation 1,
@@ -69,6 +74,7 @@ class IFAMConfig(Dinov2Config):
     part_distance_thresholds: dict[str, list[float]] | None = None
     token_removal_percentile: float | int | None = None
     stage2_inference: str = "packed"
+    stage2_training: str = "masked"
 
     stage1_classification_loss_weight: float | int = 1.0
     stage2_classification_loss_weight: float | int = 1.0
@@ -104,6 +110,11 @@ class IFAMConfig(Dinov2Config):
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
         if self.stage2_inference not in ("packed", "padded", "masked"):
             raise ValueError(f"`stage2_inference` must be 'packed', 'padded' or 'masked', got {self.stage2_inference!r}.")
+        if self.stage2_training not in ("masked", "packed"):
+            raise ValueError(f"`stage2_training` must be 'masked' or 'packed', got {self.stage2_training!r}.")
+        if self.stage2_training == "packed" and self.drop_path_rate > 0:
+            raise ValueError("`stage2_training='packed'` needs `drop_path_rate=0`: stochastic depth drops whole "
+                             "sequences, and a packed sequence holds several images.")
         if self.softmax_temperature <= 0:
             raise ValueError(f"`softmax_temperature` must be > 0, got {self.softmax_temperature}.")
         for name, weight in self.loss_weights.items():

@@ -24,7 +24,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--image_size", type=int, default=None,
-                      help="Input resolution (default: 112 from scratch, else the backbone's own).")
+                      help="Input resolution (default: 56 from scratch, else the backbone's own).")
+    data.add_argument("--patch_size", type=int, default=7,
+                      help="Patch size of the from-scratch model; the synthetic benchmark draws its stripes to it.")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 
 
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model_name_or_path", type=str, default=None,
                        help="A DINOv2 hub id/folder (both stages start from it) or an iFAM checkpoint to fine-tune. "
                        "Default: a small DINOv2-architecture model trained from scratch.")
+    model.add_argument("--model_type", choices=["ifam", "dinov2"], default="ifam",
+                       help="dinov2: the single-pass baseline, transformers' Dinov2ForImageClassification (ERM).")
+    model.add_argument("--token_mask_source", choices=["stage1", "ground_truth"], default="stage1",
+                       help="ground_truth: stage 2 sees the ground-truth foreground patches in training and evaluation "
+                       "(the paper's early-masking upper bound; needs a `mask` column).")
     model.add_argument("--num_parts", type=int, default=2)
     model.add_argument("--part_dropout", type=float, default=0.3)
     model.add_argument("--part_dropout_stage2", type=float, default=0.3)

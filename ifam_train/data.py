@@ -101,8 +101,9 @@ def load_training_data(args):
         from ifam_data.synthetic import make_synthetic_benchmark
 
         data = make_synthetic_benchmark(
-            regime=args.synthetic_regime, num_train=args.synthetic_num_train, image_size=args.image_size or 112,
-            seed=args.seed, cache_dir=os.path.join(os.path.expanduser("~"), ".cache", "ifam", "synthetic"),
+            regime=args.synthetic_regime, num_train=args.synthetic_num_train, image_size=args.image_size or 56,
+            patch_size=args.patch_size, seed=args.seed,
+            cache_dir=os.path.join(os.path.expanduser("~"), ".cache", "ifam", "synthetic"),
         )
         return _limit(data, args)
 

@@ -5,15 +5,19 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from ifam_data.synthetic import mask_to_token_mask
 from ifam_metrics import load_metric
 
 
 @torch.no_grad()
-def predict(model, dataloader, accelerator: Accelerator, **forward_kwargs) -> dict[str, np.ndarray]:
+def predict(
+    model, dataloader, accelerator: Accelerator, ground_truth_token_masks: bool = False, **forward_kwargs
+) -> dict[str, np.ndarray]:
     """
     Run `model` over `dataloader` (gathered across processes). Returns `predictions`, `references`, `scores` (softmax)
     and, where available, `stage1_predictions`, `groups`, `coverage` (fraction of patches stage 2 saw) and the
-    discovered/ground-truth pixel masks `predicted_masks`/`reference_masks`.
+    discovered/ground-truth pixel masks `predicted_masks`/`reference_masks`. With `ground_truth_token_masks`, stage 2
+    sees the patches of the ground-truth masks (the paper's early-masking upper bound).
     """
     model.eval()
     collected: dict[str, list] = {}
@@ -22,6 +26,8 @@ def predict(model, dataloader, accelerator: Accelerator, **forward_kwargs) -> di
         collected.setdefault(name, []).append(accelerator.gather_for_metrics(tensor).cpu())
 
     for batch in dataloader:
+        if ground_truth_token_masks:
+            forward_kwargs["token_mask"] = ground_truth_token_mask(batch["mask"], model.config.patch_size)
         outputs = model(pixel_values=batch["pixel_values"], **forward_kwargs)
         keep("predictions", outputs.logits.argmax(-1))
         keep("scores", outputs.logits.float().softmax(-1))
@@ -39,6 +45,11 @@ def predict(model, dataloader, accelerator: Accelerator, **forward_kwargs) -> di
                 keep("predicted_masks", F.interpolate(grid, size=(height, width), mode="nearest")[:, 0].bool())
                 keep("reference_masks", batch["mask"])
     return {name: torch.cat(chunks).numpy() for name, chunks in collected.items()}
+
+
+def ground_truth_token_mask(mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, H, W] pixel masks -> [B, N] patch masks: a patch is foreground when half its pixels are."""
+    return mask_to_token_mask(mask, patch_size, threshold=0.5)
 
 
 def compute_metrics(results: dict[str, np.ndarray], worst_group_auc: bool = False) -> dict[str, float]:

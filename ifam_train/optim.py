@@ -22,8 +22,11 @@ def set_trainable(model: IFAMForImageClassification, freeze_stage1_backbone: boo
             stage.backbone.embeddings.mask_token.requires_grad_(False)
 
 
+HEAD_NAMES = ("modulation", "classifier", "fc_norm")
+
+
 def parameter_groups(
-    model: IFAMForImageClassification,
+    model: torch.nn.Module,
     backbone_lr: float,
     prototype_lr: float,
     head_lr: float,
@@ -34,19 +37,20 @@ def parameter_groups(
     """
     AdamW groups: backbone tokens and layers at `backbone_lr`, the part prototypes at `prototype_lr`, modulation and
     classifier heads of both stages at `head_lr`; every rate scaled by sqrt(effective batch / reference batch).
-    No weight decay on biases, norms and tokens.
+    No weight decay on biases, norms and tokens. Works for a plain `Dinov2ForImageClassification` too (backbone and
+    classifier).
     """
     scale = math.sqrt(effective_batch_size / reference_batch_size)
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if ".backbone." in f".{name}":
-            role = "backbone"
-        elif name == "stage1.prototypes":
+        if name == "stage1.prototypes":
             role = "prototypes"
-        else:
+        elif any(part in HEAD_NAMES for part in name.split(".")):
             role = "heads"
+        else:
+            role = "backbone"
         no_decay = parameter.ndim < 2 or name.split(".")[-1] in TOKEN_NAMES or role == "prototypes"
         groups.setdefault((role, no_decay), []).append(parameter)
     rates = {"backbone": backbone_lr, "prototypes": prototype_lr, "heads": head_lr}

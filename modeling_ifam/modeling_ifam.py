@@ -169,8 +169,10 @@ class IFAMMaskedClassifier(nn.Module):
             patches in the forward pass; it carries the gradient of the stage-2 loss back to stage 1. With soft masks,
             the soft foreground probabilities.
 
-        In training (and with `stage2_inference="masked"`) every patch token is computed and the attention mask hides
-        the unselected ones; at inference the selected tokens alone are computed (`"packed"` or `"padded"`).
+        With `"masked"` (`stage2_training`'s default) every patch token is computed and the attention mask hides the
+        unselected ones; with `"packed"`/`"padded"` (`stage2_inference`'s) the selected tokens alone are computed. The
+        results, and in training the gradients, are the same: an unselected token is never attended and its output is
+        never read, so the straight-through gradient of its weight is exactly zero either way.
         """
         embeddings = self.backbone.embeddings(pixel_values)  # [B, P+N, D], P = CLS + registers
         prefix = embeddings.new_ones(embeddings.shape[0], self.num_prefix_tokens)
@@ -184,7 +186,8 @@ class IFAMMaskedClassifier(nn.Module):
             keep = torch.cat([prefix.bool(), visible], dim=1)  # [B, P+N]
             # Masked tokens are zeroed (so even non-finite pixels there cannot leak through 0 * NaN) and never attended.
             embeddings = torch.where(keep[..., None], embeddings * weights[..., None], 0.0)
-            if self.training or self.config.stage2_inference == "masked":
+            mode = self.config.stage2_training if self.training else self.config.stage2_inference
+            if mode == "masked":
                 attention_mask = create_bidirectional_mask(self.config, embeddings, keep)
                 cls_token = self.backbone.encoder(embeddings, attention_mask=attention_mask).last_hidden_state[:, 0]
             else:
@@ -200,7 +203,8 @@ class IFAMMaskedClassifier(nn.Module):
         """
         batch_size, _, hidden_size = embeddings.shape
         lengths = keep.sum(dim=1).tolist()
-        rows, starts, capacity = pack_sequences(lengths, one_per_row=self.config.stage2_inference == "padded")
+        one_per_row = not self.training and self.config.stage2_inference == "padded"
+        rows, starts, capacity = pack_sequences(lengths, one_per_row=one_per_row)
         image, position = keep.nonzero(as_tuple=True)  # image-major order
         rank = (keep.cumsum(dim=1) - 1)[image, position]  # index of a token within its image's selection
         rows = torch.tensor(rows, device=keep.device)

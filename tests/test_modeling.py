@@ -211,6 +211,9 @@ def test_unknown_argument_is_refused(model):
         (dict(part_distance_thresholds={"97": [1.0, 2.0]}), "expected one per foreground part"),
         (dict(part_distance_thresholds={"101": [1.0] * 3}), "not a percentile"),
         (dict(token_removal_percentile=99.0), "no calibrated thresholds"),
+        (dict(stage2_inference="fast"), "stage2_inference"),
+        (dict(stage2_training="padded"), "stage2_training"),
+        (dict(stage2_training="packed", drop_path_rate=0.1), "drop_path_rate=0"),
     ],
 )
 def test_config_validation(overrides, match):
@@ -274,12 +277,30 @@ def test_token_only_inference_equals_masked_attention(num_register_tokens, mode)
     torch.testing.assert_close(model(pixel_values).logits, expected, atol=1e-4, rtol=0)
 
 
-def test_training_keeps_the_full_length_masked_path(pixel_values):
-    model = tiny_model(part_dropout_stage2=0.0, gumbel_softmax=False, attention_probs_dropout_prob=0.0).train()
+def test_training_uses_the_full_length_masked_path_by_default(pixel_values):
+    model = tiny_model().train()
     calls = []
     model.stage2._encode_selected_tokens = lambda *args: calls.append(args)
     model(pixel_values, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
     assert calls == []
+
+
+def test_packed_training_gives_the_same_loss_and_gradients(pixel_values):
+    """Unselected tokens get no gradient in the full-length computation either: packing them away changes nothing."""
+    labels = torch.tensor([0, 1, 2, 0])
+    gradients = {}
+    for mode in ("masked", "packed"):
+        model = tiny_model(stage2_training=mode, part_dropout=0.0, part_dropout_stage2=0.0, gumbel_softmax=False,
+                           equivariance_loss_weight=0.0).train()
+        outputs = model(pixel_values, labels=labels)
+        assert 0 < outputs.token_mask.sum() < outputs.token_mask.numel()
+        outputs.loss.backward()
+        gradients[mode] = (outputs.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    (loss_masked, masked), (loss_packed, packed) = gradients["masked"], gradients["packed"]
+    torch.testing.assert_close(loss_packed, loss_masked, atol=1e-5, rtol=0)
+    assert masked.keys() == packed.keys() and "stage1.prototypes" in masked
+    for name in masked:
+        torch.testing.assert_close(packed[name], masked[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_pack_sequences_first_fit_decreasing():

@@ -1,0 +1,196 @@
+"""Reproduce the paper's central claim at CPU scale on the built-in spurious-background benchmark.
+
+    python experiments/synthetic.py            # 3 seeds, both regimes (about an hour on 2 CPU cores)
+    python experiments/synthetic.py --quick    # 1 seed, smaller data (a few minutes)
+
+Every method trains with train.py on the same data and the same backbone size (hidden 64, 4 layers, patch 7, 56 px):
+ERM (transformers' Dinov2ForImageClassification on the whole image), iFAM with K = 1, 2, 4, iFAM with soft masks,
+iFAM without stage 2 (the stage-1 prediction of a model trained with the stage-2 loss off: PDiscoFormer), and early
+masking with the ground-truth foreground masks passed as `token_mask` (the upper bound); plus the interventions on the
+iFAM models (token removal at q = 97 and 99, and the leave-one-out part removal chosen on validation).
+
+Regimes: "correlated" (Waterbirds analogue: each class on its own background kind 95% of the time in training,
+balanced test) and "ood" (CUB -> Waterbird200 analogue: backgrounds independent of the class in training, unseen kinds
+at test). Both start from a backbone pretrained without labels on the regime's training images (masked-patch
+regression, `pretrain_mim.py`), the stand-in for DINOv2's self-supervised features; stage 1's backbone is then frozen
+but for its tokens, as in the paper.
+
+Writes `results/synthetic.json` (one row per regime and method: mean and std over seeds, accuracies in percent) and
+`results/synthetic.md`.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import train  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from ifam_interventions.leave_one_out import leave_one_out  # noqa: E402
+from ifam_train.arguments import parse_args  # noqa: E402
+from ifam_train.data import BatchTransform, collate, dinov2_processor, load_training_data  # noqa: E402
+from ifam_train.evaluation import compute_metrics, predict  # noqa: E402
+from modeling_ifam import IFAMForImageClassification  # noqa: E402
+from pretrain_mim import pretrain  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from transformers import Dinov2Config  # noqa: E402
+
+STAGE1_OFF = [f"--{name}_loss_weight=0" for name in (
+    "stage1_classification", "presence", "equivariance", "orthogonality", "total_variation", "entropy", "background")]
+METHODS = {  # name: (K, train.py options)
+    "ERM": (None, ["--model_type", "dinov2"]),
+    "iFAM": (None, []),  # K from --parts
+    "iFAM soft masks": (2, ["--num_parts", "2", "--use_soft_masks"]),
+    "PDiscoFormer (no stage 2)": (2, ["--num_parts", "2", "--stage2_classification_loss_weight", "0"]),
+    "early mask, ground truth": (1, ["--num_parts", "1", "--token_mask_source", "ground_truth", *STAGE1_OFF]),
+}
+METRICS = ("average_accuracy", "worst_group_accuracy", "fg_miou")
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="One seed, fewer images and epochs.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--regimes", nargs="+", default=["correlated", "ood"])
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--num_train", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--pretrain_epochs", type=int, default=None)
+    parser.add_argument("--work_dir", type=Path, default=ROOT / "outputs" / "experiments")
+    parser.add_argument("--results_dir", type=Path, default=ROOT / "results")
+    args = parser.parse_args(argv)
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    args.num_train = args.num_train or (1500 if args.quick else 3000)
+    args.epochs = args.epochs or (5 if args.quick else 8)
+    args.pretrain_epochs = args.pretrain_epochs if args.pretrain_epochs is not None else (4 if args.quick else 6)
+    return args
+
+
+def pretrained_backbone(args, regime: str, seed: int) -> str:
+    """The regime's self-supervised backbone for this seed (cached in the work dir)."""
+    folder = args.work_dir / regime / f"seed{seed}" / "pretrained"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    data_args = parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(args.num_train),
+                            "--seed", str(seed)])
+    data = load_training_data(data_args)["train"]
+    transform = BatchTransform(dinov2_processor(56), train=False)
+    images = torch.cat([batch["pixel_values"] for batch in DataLoader(
+        data.with_transform(transform), batch_size=256, collate_fn=collate)])
+    config = Dinov2Config(**train.SMALL_BACKBONE, patch_size=7, image_size=56)
+    pretrain(images, config, folder, epochs=args.pretrain_epochs, seed=seed)
+    return str(folder)
+
+
+def run(args, regime: str, seed: int, name: str, options: list[str]) -> Path:
+    folder = args.work_dir / regime / f"seed{seed}" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+    if not (folder / "metrics.json").is_file():
+        train.main([
+            "--synthetic_regime", regime, "--synthetic_num_train", str(args.num_train), "--seed", str(seed),
+            "--num_train_epochs", str(args.epochs), "--model_name_or_path", pretrained_backbone(args, regime, seed),
+            "--backbone_learning_rate", "1e-4", "--output_dir", str(folder), "--checkpointing_steps", "100000",
+            *options,
+        ])
+    return folder
+
+
+def evaluate_split(folder: Path, regime: str, seed: int, split: str, args, **forward_kwargs):
+    """Test metrics of a trained iFAM folder, also with interventions or its stage-1 predictions."""
+    model = IFAMForImageClassification.from_pretrained(folder).eval()
+    data_args = parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(args.num_train),
+                            "--seed", str(seed)])
+    data = load_training_data(data_args)[split].with_transform(BatchTransform(dinov2_processor(56), train=False))
+    loader = DataLoader(data, batch_size=256, collate_fn=collate)
+    return model, loader
+
+
+def rows_for_seed(args, regime: str, seed: int) -> dict[str, dict]:
+    """metrics (in %) per method name for one seed."""
+    rows = {}
+    accelerator = Accelerator()
+    for name, (k, options) in METHODS.items():
+        variants = [(f"iFAM K={part}", part, ["--num_parts", str(part)]) for part in args.parts] if name == "iFAM" \
+            else [(name, k, options)]
+        for label, parts, opts in variants:
+            folder = run(args, regime, seed, label, opts)
+            metrics = json.loads((folder / "metrics.json").read_text())["test"]
+            if label.startswith("PDiscoFormer"):  # the stage-1 prediction
+                model, loader = evaluate_split(folder, regime, seed, "test", args)
+                results = predict(model, loader, accelerator)
+                results["predictions"] = results["stage1_predictions"]
+                metrics = compute_metrics(results)
+            rows[label] = {"K": parts, **{m: 100 * metrics[m] for m in METRICS if m in metrics}}
+            if label.startswith("iFAM K="):
+                rows.update(intervention_rows(args, regime, seed, label, parts, folder, accelerator))
+    return rows
+
+
+def intervention_rows(args, regime, seed, label, parts, folder, accelerator) -> dict[str, dict]:
+    """Token removal at q=97/99 on test; part removal: the leave-one-out row best on validation, applied to test."""
+    model, test = evaluate_split(folder, regime, seed, "test", args)
+    _, validation = evaluate_split(folder, regime, seed, "validation", args)
+    rows = {}
+    for q in (97.0, 99.0):
+        metrics = compute_metrics(predict(model, test, accelerator, token_removal_percentile=q))
+        rows[f"{label} + token removal q={q:g}"] = {"K": parts, **{m: 100 * metrics[m] for m in METRICS}}
+    if parts > 1:
+        table = leave_one_out(model, validation, accelerator)
+        best = max(table, key=lambda row: row["worst_group_accuracy"])
+        metrics = compute_metrics(predict(model, test, accelerator, parts_to_drop=best["parts_dropped"]))
+        rows[f"{label} + part removal (validation-chosen)"] = {
+            "K": parts, "parts_dropped": best["parts_dropped"], **{m: 100 * metrics[m] for m in METRICS}}
+    return rows
+
+
+def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
+    rows = []
+    for method in per_seed[0]:
+        runs = [seed_rows[method] for seed_rows in per_seed]
+        row = {"method": method, "K": runs[0]["K"]}
+        for metric in METRICS:
+            values = [r[metric] for r in runs if metric in r]
+            if values:
+                row[metric] = {"mean": statistics.fmean(values),
+                               "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        rows.append(row)
+    return rows
+
+
+def markdown(table: dict[str, list[dict]], seeds: int) -> str:
+    lines = []
+    for regime, rows in table.items():
+        lines += [f"### Regime `{regime}` ({seeds} seed{'s' * (seeds > 1)}, test split, %)", "",
+                  "| method | K | average accuracy | worst-group accuracy | foreground mIoU |", "|---|---|---|---|---|"]
+        for row in rows:
+            cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS]
+            lines.append(f"| {row['method']} | {row['K'] if row['K'] is not None else '–'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse(argv)
+    table = {}
+    for regime in args.regimes:
+        table[regime] = aggregate([rows_for_seed(args, regime, seed) for seed in args.seeds])
+        write(args, table)
+    print(markdown(table, len(args.seeds)))
+
+
+def write(args, table):
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    name = "synthetic_quick" if args.quick else "synthetic"
+    rows = [{"regime": regime, **row} for regime, rows in table.items() for row in rows]
+    (args.results_dir / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.results_dir / f"{name}.md").write_text(markdown(table, len(args.seeds)))
+
+
+if __name__ == "__main__":
+    main()
