@@ -11,9 +11,10 @@ iFAM models (token removal at q = 97 and 99, and the leave-one-out part removal 
 
 Regimes: "correlated" (Waterbirds analogue: each class on its own background kind 95% of the time in training,
 balanced test) and "ood" (CUB -> Waterbird200 analogue: backgrounds independent of the class in training, unseen kinds
-at test). Both start from a backbone pretrained without labels on the regime's training images (masked-patch
-regression, `pretrain_mim.py`), the stand-in for DINOv2's self-supervised features; stage 1's backbone is then frozen
-but for its tokens, as in the paper.
+at test). By default every model trains from scratch (train.py's default: stage 1's backbone is trained too, since
+no pretrained DINOv2 exists here). `--pretrain_epochs N` first pretrains the backbone without labels on the regime's
+training images (masked-patch regression, `pretrain_mim.py`), the stand-in for DINOv2's self-supervised features,
+and then freezes stage 1's backbone but for its tokens, as in the paper.
 
 Writes `results/synthetic.json` (one row per regime and method: mean and std over seeds, accuracies in percent) and
 `results/synthetic.md`.
@@ -62,14 +63,15 @@ def parse(argv=None):
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--num_train", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--pretrain_epochs", type=int, default=None)
+    parser.add_argument("--pretrain_epochs", type=int, default=0,
+                        help="Masked-patch pretraining epochs before training (0: every model from scratch).")
     parser.add_argument("--work_dir", type=Path, default=ROOT / "outputs" / "experiments")
     parser.add_argument("--results_dir", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.num_train = args.num_train or (1500 if args.quick else 3000)
-    args.epochs = args.epochs or (5 if args.quick else 8)
-    args.pretrain_epochs = args.pretrain_epochs if args.pretrain_epochs is not None else (4 if args.quick else 6)
+    args.num_train = args.num_train or 3000
+    args.epochs = args.epochs or (6 if args.quick else 8)
+    args.pretrain_epochs = args.pretrain_epochs or 0
     return args
 
 
@@ -92,11 +94,12 @@ def pretrained_backbone(args, regime: str, seed: int) -> str:
 def run(args, regime: str, seed: int, name: str, options: list[str]) -> Path:
     folder = args.work_dir / regime / f"seed{seed}" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     if not (folder / "metrics.json").is_file():
+        start = ["--model_name_or_path", pretrained_backbone(args, regime, seed), "--backbone_learning_rate", "1e-4"] \
+            if args.pretrain_epochs else []
         train.main([
             "--synthetic_regime", regime, "--synthetic_num_train", str(args.num_train), "--seed", str(seed),
-            "--num_train_epochs", str(args.epochs), "--model_name_or_path", pretrained_backbone(args, regime, seed),
-            "--backbone_learning_rate", "1e-4", "--output_dir", str(folder), "--checkpointing_steps", "100000",
-            *options,
+            "--num_train_epochs", str(args.epochs), "--output_dir", str(folder), "--checkpointing_steps", "100000",
+            *start, *options,
         ])
     return folder
 
