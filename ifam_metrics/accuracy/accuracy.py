@@ -3,6 +3,7 @@
 import datasets
 import evaluate
 import numpy as np
+from ifam_metrics.checks import check_lengths, check_not_empty
 
 _CITATION = """\
 @article{aniraj2025ifam,
@@ -33,30 +34,6 @@ Examples:
 """
 
 
-def _check_lengths(**inputs):
-    """Raise a ValueError naming the input whose length differs from the first one."""
-    lengths = {}
-    for name, value in inputs.items():
-        if value is None:
-            raise ValueError(f"`{name}` is required but was not given.")
-        try:
-            lengths[name] = len(value)
-        except TypeError:
-            raise ValueError(f"`{name}` must be a sequence (list/array), got {type(value).__name__}.") from None
-    first, n = next(iter(lengths.items()))
-    for name, length in lengths.items():
-        if length != n:
-            raise ValueError(
-                f"Length mismatch: `{name}` has {length} elements but `{first}` has {n}."
-            )
-
-
-def _check_not_empty(module, n, names):
-    """Reject an empty first batch (nothing accumulated yet): the metric would be undefined."""
-    if n == 0 and module.writer is None:
-        raise ValueError(f"{names} are empty: the metric is undefined on empty input.")
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Accuracy(evaluate.Metric):
     def _info(self):
@@ -75,12 +52,12 @@ class Accuracy(evaluate.Metric):
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
         """Add a batch of predictions and references (lengths are validated first)."""
-        _check_lengths(predictions=predictions, references=references)
-        _check_not_empty(self, len(predictions), "`predictions` and `references`")
+        check_lengths(predictions=predictions, references=references)
+        check_not_empty(self, len(predictions), "`predictions` and `references`")
         return super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def _compute(self, predictions, references):
-        _check_lengths(predictions=predictions, references=references)
+        check_lengths(predictions=predictions, references=references)
         if len(predictions) == 0:
             raise ValueError("`predictions` and `references` are empty: accuracy is undefined.")
         predictions = np.asarray(predictions)

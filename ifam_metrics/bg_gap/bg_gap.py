@@ -5,6 +5,7 @@ import os
 import datasets
 import evaluate
 import numpy as np
+from ifam_metrics.checks import check_lengths, check_not_empty, release_cache
 
 _CITATION = """\
 @inproceedings{xiao2021noise,
@@ -65,51 +66,6 @@ MIXED_SAME = "mixed_same"
 MIXED_RAND = "mixed_rand"
 
 
-def _check_lengths(**inputs):
-    """Raise a ValueError naming the input whose length differs from the first one."""
-    lengths = {}
-    for name, value in inputs.items():
-        if value is None:
-            raise ValueError(f"`{name}` is required but was not given.")
-        try:
-            lengths[name] = len(value)
-        except TypeError:
-            raise ValueError(f"`{name}` must be a sequence (list/array), got {type(value).__name__}.") from None
-    first, n = next(iter(lengths.items()))
-    for name, length in lengths.items():
-        if length != n:
-            raise ValueError(
-                f"Length mismatch: `{name}` has {length} elements but `{first}` has {n}."
-            )
-
-
-def _check_not_empty(module, n, names):
-    """Reject an empty first batch (nothing accumulated yet): the metric would be undefined."""
-    if n == 0 and module.writer is None:
-        raise ValueError(f"{names} are empty: the metric is undefined on empty input.")
-
-
-def _release_cache(module):
-    """Do the clean-up that `EvaluationModule.compute` skips when `_compute` raises.
-
-    Without it the finalized cache file stays on disk and its lock stays held, so the next
-    `compute` on the same instance waits for the lock timeout before picking a new file.
-    """
-    try:
-        if getattr(module, "buf_writer", None) is not None:
-            module.buf_writer = None
-        else:
-            pairs = zip(getattr(module, "filelocks", None) or [], getattr(module, "file_paths", None) or [])
-            for filelock, file_path in reversed(list(pairs)):
-                if os.path.exists(file_path):
-                    os.remove(file_path)
-                filelock.release()
-            module.filelocks, module.file_paths = None, None
-        module.data = None
-    except Exception:  # best effort: never mask the original error
-        pass
-
-
 def normalize_variant(name):
     """'Mixed-Same ' -> 'mixed_same'."""
     if not isinstance(name, str):
@@ -142,8 +98,8 @@ class BgGap(evaluate.Metric):
 
     def add_batch(self, *, predictions=None, references=None, variants=None, **kwargs):
         """Add a batch of predictions, references and IN-9 variant names (validated first)."""
-        _check_lengths(predictions=predictions, references=references, variants=variants)
-        _check_not_empty(self, len(predictions), "`predictions`, `references` and `variants`")
+        check_lengths(predictions=predictions, references=references, variants=variants)
+        check_not_empty(self, len(predictions), "`predictions`, `references` and `variants`")
         for v in variants:
             normalize_variant(v)
         return super().add_batch(predictions=predictions, references=references, variants=variants, **kwargs)
@@ -152,11 +108,11 @@ class BgGap(evaluate.Metric):
         try:
             return self._bg_gap(predictions, references, variants)
         except ValueError:
-            _release_cache(self)
+            release_cache(self)
             raise
 
     def _bg_gap(self, predictions, references, variants):
-        _check_lengths(predictions=predictions, references=references, variants=variants)
+        check_lengths(predictions=predictions, references=references, variants=variants)
         if len(predictions) == 0:
             raise ValueError("`predictions`, `references` and `variants` are empty: BG-GAP is undefined.")
         correct = np.asarray(predictions) == np.asarray(references)

@@ -5,6 +5,7 @@ import evaluate
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from ifam_metrics.checks import check_lengths, check_not_empty
 
 _CITATION = """\
 @inproceedings{aniraj2024pdiscoformer,
@@ -59,30 +60,6 @@ Examples:
     >>> m.compute(predictions=[[[1, 1], [0, 0]]], references=[[[1, 0], [0, 0]]])
     {'foreground_miou': 0.5, 'background_miou': 0.6666666666666666}
 """
-
-
-def _check_lengths(**inputs):
-    """Raise a ValueError naming the input whose length differs from the first one."""
-    lengths = {}
-    for name, value in inputs.items():
-        if value is None:
-            raise ValueError(f"`{name}` is required but was not given.")
-        try:
-            lengths[name] = len(value)
-        except TypeError:
-            raise ValueError(f"`{name}` must be a sequence (list/array), got {type(value).__name__}.") from None
-    first, n = next(iter(lengths.items()))
-    for name, length in lengths.items():
-        if length != n:
-            raise ValueError(
-                f"Length mismatch: `{name}` has {length} elements but `{first}` has {n}."
-            )
-
-
-def _check_not_empty(module, n, names):
-    """Reject an empty first batch (nothing accumulated yet): the metric would be undefined."""
-    if n == 0 and module.writer is None:
-        raise ValueError(f"{names} are empty: the metric is undefined on empty input.")
 
 
 def _as_mask(mask, name, index):
@@ -155,8 +132,8 @@ class ForegroundMiou(evaluate.Metric):
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
         """Add a batch of predicted / reference masks (validated first: 2-D, binary, same shapes)."""
-        _check_lengths(predictions=predictions, references=references)
-        _check_not_empty(self, len(predictions), "`predictions` and `references`")
+        check_lengths(predictions=predictions, references=references)
+        check_not_empty(self, len(predictions), "`predictions` and `references`")
         preds, refs = [], []
         for i, (p, r) in enumerate(zip(predictions, references)):
             p, r = _as_mask(p, "predictions", i), _as_mask(r, "references", i)
@@ -174,7 +151,7 @@ class ForegroundMiou(evaluate.Metric):
         return self.add_batch(predictions=[prediction], references=[reference], **kwargs)
 
     def _compute(self, predictions, references):
-        _check_lengths(predictions=predictions, references=references)
+        check_lengths(predictions=predictions, references=references)
         if len(predictions) == 0:
             raise ValueError("`predictions` and `references` are empty: foreground mIoU is undefined.")
         fg_inter = fg_union = bg_inter = bg_union = 0

@@ -6,6 +6,7 @@ Used by iFAM for Waterbirds (groups = class x background) and MetaShift (groups 
 import datasets
 import evaluate
 import numpy as np
+from ifam_metrics.checks import check_lengths, check_not_empty
 
 _CITATION = """\
 @article{aniraj2025ifam,
@@ -54,30 +55,6 @@ Examples:
 """
 
 
-def _check_lengths(**inputs):
-    """Raise a ValueError naming the input whose length differs from the first one."""
-    lengths = {}
-    for name, value in inputs.items():
-        if value is None:
-            raise ValueError(f"`{name}` is required but was not given.")
-        try:
-            lengths[name] = len(value)
-        except TypeError:
-            raise ValueError(f"`{name}` must be a sequence (list/array), got {type(value).__name__}.") from None
-    first, n = next(iter(lengths.items()))
-    for name, length in lengths.items():
-        if length != n:
-            raise ValueError(
-                f"Length mismatch: `{name}` has {length} elements but `{first}` has {n}."
-            )
-
-
-def _check_not_empty(module, n, names):
-    """Reject an empty first batch (nothing accumulated yet): the metric would be undefined."""
-    if n == 0 and module.writer is None:
-        raise ValueError(f"{names} are empty: the metric is undefined on empty input.")
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class GroupAccuracy(evaluate.Metric):
     def _info(self):
@@ -97,8 +74,8 @@ class GroupAccuracy(evaluate.Metric):
 
     def add_batch(self, *, predictions=None, references=None, groups=None, **kwargs):
         """Add a batch of predictions, references and group ids (lengths are validated first)."""
-        _check_lengths(predictions=predictions, references=references, groups=groups)
-        _check_not_empty(self, len(predictions), "`predictions`, `references` and `groups`")
+        check_lengths(predictions=predictions, references=references, groups=groups)
+        check_not_empty(self, len(predictions), "`predictions`, `references` and `groups`")
         if any(g is None for g in groups):
             raise ValueError("`groups` contains missing (None) group ids; every example needs an integer group id.")
         return super().add_batch(predictions=predictions, references=references, groups=groups, **kwargs)
@@ -108,7 +85,7 @@ class GroupAccuracy(evaluate.Metric):
         return self.add_batch(predictions=[prediction], references=[reference], groups=[groups], **kwargs)
 
     def _compute(self, predictions, references, groups):
-        _check_lengths(predictions=predictions, references=references, groups=groups)
+        check_lengths(predictions=predictions, references=references, groups=groups)
         if len(predictions) == 0:
             raise ValueError("`predictions`, `references` and `groups` are empty: group accuracy is undefined.")
         if any(g is None for g in groups):

@@ -6,6 +6,7 @@ import datasets
 import evaluate
 import numpy as np
 from sklearn.metrics import roc_auc_score
+from ifam_metrics.checks import check_lengths, check_not_empty, release_cache
 
 _CITATION = """\
 @inproceedings{saab2022spatial,
@@ -75,51 +76,6 @@ Examples:
 """
 
 
-def _check_lengths(**inputs):
-    """Raise a ValueError naming the input whose length differs from the first one."""
-    lengths = {}
-    for name, value in inputs.items():
-        if value is None:
-            raise ValueError(f"`{name}` is required but was not given.")
-        try:
-            lengths[name] = len(value)
-        except TypeError:
-            raise ValueError(f"`{name}` must be a sequence (list/array), got {type(value).__name__}.") from None
-    first, n = next(iter(lengths.items()))
-    for name, length in lengths.items():
-        if length != n:
-            raise ValueError(
-                f"Length mismatch: `{name}` has {length} elements but `{first}` has {n}."
-            )
-
-
-def _check_not_empty(module, n, names):
-    """Reject an empty first batch (nothing accumulated yet): the metric would be undefined."""
-    if n == 0 and module.writer is None:
-        raise ValueError(f"{names} are empty: the metric is undefined on empty input.")
-
-
-def _release_cache(module):
-    """Do the clean-up that `EvaluationModule.compute` skips when `_compute` raises.
-
-    Without it the finalized cache file stays on disk and its lock stays held, so the next
-    `compute` on the same instance waits for the lock timeout before picking a new file.
-    """
-    try:
-        if getattr(module, "buf_writer", None) is not None:
-            module.buf_writer = None
-        else:
-            pairs = zip(getattr(module, "filelocks", None) or [], getattr(module, "file_paths", None) or [])
-            for filelock, file_path in reversed(list(pairs)):
-                if os.path.exists(file_path):
-                    os.remove(file_path)
-                filelock.release()
-            module.filelocks, module.file_paths = None, None
-        module.data = None
-    except Exception:  # best effort: never mask the original error
-        pass
-
-
 def _as_binary_references(references):
     refs = np.asarray(references)
     if refs.ndim != 1:
@@ -181,11 +137,11 @@ class RocAuc(evaluate.Metric):
         """Add a batch of positive-class scores, 0/1 references and optional group ids."""
         if predictions is not None:
             raise ValueError("roc_auc takes `prediction_scores` (positive-class scores), not `predictions`.")
-        _check_lengths(prediction_scores=prediction_scores, references=references)
-        _check_not_empty(self, len(references), "`prediction_scores` and `references`")
+        check_lengths(prediction_scores=prediction_scores, references=references)
+        check_not_empty(self, len(references), "`prediction_scores` and `references`")
         if groups is None:
             groups = [None] * len(references)
-        _check_lengths(prediction_scores=prediction_scores, references=references, groups=groups)
+        check_lengths(prediction_scores=prediction_scores, references=references, groups=groups)
         _as_scores(prediction_scores)
         _as_binary_references(references)
         return super().add_batch(prediction_scores=prediction_scores, references=references, groups=groups, **kwargs)
@@ -202,11 +158,11 @@ class RocAuc(evaluate.Metric):
         try:
             return self._roc_auc(prediction_scores, references, groups)
         except ValueError:
-            _release_cache(self)
+            release_cache(self)
             raise
 
     def _roc_auc(self, prediction_scores, references, groups):
-        _check_lengths(prediction_scores=prediction_scores, references=references, groups=groups)
+        check_lengths(prediction_scores=prediction_scores, references=references, groups=groups)
         if len(references) == 0:
             raise ValueError("`prediction_scores` and `references` are empty: ROC AUC is undefined.")
         scores = _as_scores(prediction_scores)
