@@ -201,7 +201,7 @@ class IFAMMaskedClassifier(nn.Module):
         pruning). A block-diagonal mask keeps the images apart, so the result equals the full-length masked
         computation. Returns the CLS token of every image, `[B, D]`.
         """
-        batch_size, _, hidden_size = embeddings.shape
+        hidden_size = embeddings.shape[-1]
         lengths = keep.sum(dim=1).tolist()
         one_per_row = not self.training and self.config.stage2_inference == "padded"
         rows, starts, capacity = pack_sequences(lengths, one_per_row=one_per_row)
@@ -251,7 +251,9 @@ class IFAMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Dinov2Embeddings", "Dinov2Layer", "Dinov2WithRegistersEmbeddings", "Dinov2WithRegistersLayer"]
     _supports_sdpa = True
-    _supports_flash_attn = True
+    # No flash attention: its kernels cannot express the packed path's block-diagonal mask, and a mask that is not
+    # applied would let packed images see each other. SDPA, eager and flex attention all take the masks exactly.
+    _supports_flash_attn = False
     _supports_flex_attn = True
     _supports_attention_backend = True
 
