@@ -1,5 +1,7 @@
 """Input checks shared by the metric modules (imported from the installed package by each script)."""
 
+import os
+
 
 def check_lengths(**inputs):
     """Raise a ValueError naming the input whose length differs from the first one."""

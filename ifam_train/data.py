@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import BitImageProcessor
 from transformers.image_transforms import center_crop, resize
 from transformers.image_utils import ChannelDimension, PILImageResampling

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_model
-from modeling_ifam import IFAMForImageClassification
 
 NUM_PATCHES = 16  # (28 / 7) ** 2
 

@@ -1,6 +1,5 @@
 """ImageNet-9 Backgrounds Challenge: per-variant accuracy and BG-GAP (Xiao et al., ICLR 2021)."""
 
-import os
 
 import datasets
 import evaluate

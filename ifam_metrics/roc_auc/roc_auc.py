@@ -1,6 +1,5 @@
 """Binary ROC AUC with optional worst-group AUC (iFAM's SIIM-ACR "AUC" and "WG AUC")."""
 
-import os
 
 import datasets
 import evaluate
