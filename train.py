@@ -23,7 +23,9 @@ from transformers import AutoConfig, Dinov2Config, Dinov2ForImageClassification,
 
 from ifam_interventions.calibration import calibrate_token_removal, save_statistics
 from ifam_train.arguments import parse_args
-from ifam_train.data import BatchTransform, collate, dinov2_processor, load_training_data, random_crop_flip
+from ifam_train.data import (
+    BatchTransform, collate, dinov2_processor, eval_dataloader, load_training_data, random_crop_flip,
+)
 from ifam_train.evaluation import compute_metrics, ground_truth_token_mask, predict
 from ifam_train.optim import parameter_groups, set_trainable
 from modeling_ifam import IFAMConfig, IFAMForImageClassification, write_remote_code
@@ -91,11 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_loader = DataLoader(train_data, batch_size=args.per_device_train_batch_size, shuffle=True,
                               collate_fn=collate, num_workers=args.dataloader_num_workers, drop_last=True,
                               generator=torch.Generator().manual_seed(args.seed))
-    eval_loaders = {
-        name: DataLoader(data[name].with_transform(BatchTransform(processor, train=False)), collate_fn=collate,
-                         batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers)
-        for name in eval_splits
-    }
+    eval_loaders = {name: eval_dataloader(data[name], processor, args.per_device_eval_batch_size,
+                                          args.dataloader_num_workers) for name in eval_splits}
 
     # Optimisation: AdamW over the recipe's groups, cosine schedule with warm-up, clipping, optional EMA
     effective_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -191,9 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.end_training()
     statistics = None
     if is_ifam and args.calibration_percentiles:  # token-removal thresholds from the training images, as in the paper
-        calibration_data = data["train"].with_transform(BatchTransform(processor, train=False))
-        calibration_loader = DataLoader(calibration_data, batch_size=args.per_device_eval_batch_size,
-                                        collate_fn=collate, num_workers=args.dataloader_num_workers)
+        calibration_loader = eval_dataloader(data["train"], processor, args.per_device_eval_batch_size,
+                                             args.dataloader_num_workers)
         statistics = calibrate_token_removal(final, calibration_loader, tuple(args.calibration_percentiles))
     if accelerator.is_main_process:
         final.save_pretrained(output_dir)

@@ -36,11 +36,10 @@ import train  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from ifam_interventions.leave_one_out import leave_one_out  # noqa: E402
 from ifam_train.arguments import parse_args  # noqa: E402
-from ifam_train.data import BatchTransform, collate, dinov2_processor, load_training_data  # noqa: E402
+from ifam_train.data import dinov2_processor, eval_dataloader, load_training_data  # noqa: E402
 from ifam_train.evaluation import compute_metrics, predict  # noqa: E402
 from modeling_ifam import IFAMForImageClassification  # noqa: E402
 from pretrain_mim import pretrain  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 from transformers import Dinov2Config  # noqa: E402
 
 STAGE1_OFF = [f"--{name}_loss_weight=0" for name in (
@@ -83,9 +82,7 @@ def pretrained_backbone(args, regime: str, seed: int) -> str:
     data_args = parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(args.num_train),
                             "--seed", str(seed)])
     data = load_training_data(data_args)["train"]
-    transform = BatchTransform(dinov2_processor(56), train=False)
-    images = torch.cat([batch["pixel_values"] for batch in DataLoader(
-        data.with_transform(transform), batch_size=256, collate_fn=collate)])
+    images = torch.cat([batch["pixel_values"] for batch in eval_dataloader(data, dinov2_processor(56), 256)])
     config = Dinov2Config(**train.SMALL_BACKBONE, patch_size=7, image_size=56)
     pretrain(images, config, folder, epochs=args.pretrain_epochs, seed=seed)
     return str(folder)
@@ -109,8 +106,7 @@ def evaluate_split(folder: Path, regime: str, seed: int, split: str, args, **for
     model = IFAMForImageClassification.from_pretrained(folder).eval()
     data_args = parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(args.num_train),
                             "--seed", str(seed)])
-    data = load_training_data(data_args)[split].with_transform(BatchTransform(dinov2_processor(56), train=False))
-    loader = DataLoader(data, batch_size=256, collate_fn=collate)
+    loader = eval_dataloader(load_training_data(data_args)[split], dinov2_processor(56), 256)
     return model, loader
 
 

@@ -102,14 +102,14 @@ def main(argv: list[str] | None = None) -> dict:
     """Calibrate a trained model folder in place: thresholds into config.json, statistics into part_statistics.json."""
     import argparse
 
-    from ifam_interventions.cli import add_model_and_data_arguments, eval_dataloader, load_model
+    from ifam_interventions.cli import add_model_and_data_arguments, load_model, split_dataloader
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     add_model_and_data_arguments(parser, default_split="train")
     parser.add_argument("--percentiles", type=float, nargs="+", default=[97.0, 99.0])
     args = parser.parse_args(argv)
     model = load_model(args.model_name_or_path)
-    statistics = calibrate_token_removal(model, eval_dataloader(args, model), tuple(args.percentiles))
+    statistics = calibrate_token_removal(model, split_dataloader(args, model), tuple(args.percentiles))
     model.config.save_pretrained(args.model_name_or_path)
     write_remote_code(args.model_name_or_path)  # keeps config.json's auto_map
     path = save_statistics(statistics, args.model_name_or_path)

@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor
 
 from ifam_train.arguments import add_data_arguments
-from ifam_train.data import BatchTransform, collate, load_training_data
+from ifam_train.data import eval_dataloader, load_training_data
 from modeling_ifam import IFAMForImageClassification
 
 
@@ -22,7 +22,7 @@ def load_model(name_or_path: str) -> IFAMForImageClassification:
     return IFAMForImageClassification.from_pretrained(name_or_path).eval()
 
 
-def eval_dataloader(args: argparse.Namespace, model: IFAMForImageClassification) -> DataLoader:
+def split_dataloader(args: argparse.Namespace, model: IFAMForImageClassification) -> DataLoader:
     """The split `args.split`, preprocessed by the model folder's own image processor."""
     data = load_training_data(args)
     if args.split not in data:
@@ -31,6 +31,4 @@ def eval_dataloader(args: argparse.Namespace, model: IFAMForImageClassification)
     if dict(enumerate(names)) != model.config.id2label:
         raise ValueError(f"The data's labels {names} are not the model's {list(model.config.id2label.values())}.")
     processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
-    dataset = data[args.split].with_transform(BatchTransform(processor, train=False))
-    return DataLoader(dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collate,
-                      num_workers=args.dataloader_num_workers)
+    return eval_dataloader(data[args.split], processor, args.per_device_eval_batch_size, args.dataloader_num_workers)

@@ -72,7 +72,7 @@ def write_table(rows: list[dict], folder: str | Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from ifam_interventions.cli import add_model_and_data_arguments, eval_dataloader, load_model
+    from ifam_interventions.cli import add_model_and_data_arguments, load_model, split_dataloader
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_and_data_arguments(parser)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     percentiles = args.percentiles if args.percentiles is not None else sorted(
         float(q) for q in model.config.part_distance_thresholds)
     accelerator = Accelerator()
-    loader = accelerator.prepare(eval_dataloader(args, model))
+    loader = accelerator.prepare(split_dataloader(args, model))
     rows = leave_one_out(model, loader, accelerator, percentiles, worst_group_auc=args.dataset_name == "siim_acr")
     if accelerator.is_main_process:
         paths = write_table(rows, args.output_dir or args.model_name_or_path)

@@ -114,7 +114,7 @@ def leave_one_out_chart(rows: list[dict], path: str | Path, metric: str = "worst
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    from ifam_interventions.cli import add_model_and_data_arguments, eval_dataloader, load_model
+    from ifam_interventions.cli import add_model_and_data_arguments, load_model, split_dataloader
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_and_data_arguments(parser)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model_name_or_path)
     args.per_device_eval_batch_size = args.num_images
-    batch = next(iter(eval_dataloader(args, model)))
+    batch = next(iter(split_dataloader(args, model)))
     interventions = {f"drop part {k}": {"parts_to_drop": [k]} for k in range(model.config.num_parts)}
     interventions.update({f"q={float(q):g}": {"token_removal_percentile": float(q)}
                           for q in sorted(model.config.part_distance_thresholds, key=float)})

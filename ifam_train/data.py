@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from transformers import BitImageProcessor
 from transformers.image_transforms import center_crop, resize
 from transformers.image_utils import ChannelDimension, PILImageResampling
@@ -90,6 +91,12 @@ def random_crop_flip(batch: dict, crop: tuple[int, int]) -> dict:
 def collate(examples: list[dict]) -> dict:
     """Stack the per-example tensors that `BatchTransform` produced."""
     return {key: torch.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+def eval_dataloader(dataset, processor: BitImageProcessor, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """A split preprocessed as `pipeline` users get it (the image processor), in order."""
+    return DataLoader(dataset.with_transform(BatchTransform(processor, train=False)), batch_size=batch_size,
+                      collate_fn=collate, num_workers=num_workers)
 
 
 def load_training_data(args):
