@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from configuration_ifam import IFAMConfig
+
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the images come from (shared by train.py and the intervention commands)."""
@@ -58,10 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Freeze stage 1's backbone but for its CLS, register and position tokens (default: on "
                        "from a pretrained backbone, off from scratch).")
     model.add_argument("--freeze_stage2_backbone", action=argparse.BooleanOptionalAction, default=False)
-    for name, default in [("stage1_classification", 1.0), ("stage2_classification", 1.0), ("presence", 1.0),
-                          ("equivariance", 1.0), ("orthogonality", 1.0), ("total_variation", 1.0), ("entropy", 1.0),
-                          ("background", 2.0), ("concentration", 0.0)]:
-        model.add_argument(f"--{name}_loss_weight", type=float, default=default)
+    for name, field in IFAMConfig.__dataclass_fields__.items():  # the config holds the recipe's defaults
+        if name.endswith("_loss_weight"):
+            model.add_argument(f"--{name}", type=float, default=field.default)
 
     optim = parser.add_argument_group("optimization (the paper's recipe)")
     optim.add_argument("--per_device_train_batch_size", type=int, default=32)

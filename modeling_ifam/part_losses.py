@@ -24,7 +24,7 @@ Typical stage-1 training step::
     transform = RandomAffine.sample(images.shape[0], generator=g, device=images.device)
     maps = model(images).part_maps                          # [B, K+1, h, w]
     maps_t = model(transform.apply(images)).part_maps       # maps of the transformed images
-    w = DEFAULT_LOSS_WEIGHTS
+    w = model.config.loss_weights
     loss = (w["presence"] * presence_loss(maps)
             + w["equivariance"] * equivariance_loss(maps, transform.invert(maps_t))
             + w["orthogonality"] * orthogonality_loss(part_features)
@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "DEFAULT_LOSS_WEIGHTS",
     "RandomAffine",
     "orthogonality_loss",
     "equivariance_loss",
@@ -54,18 +53,6 @@ __all__ = [
 
 # Loss weights of the reference two-stage PDiscoFormer recipe
 # (argparse defaults of argument_parser_two_stage_pdisco_train.py in ananthu-aniraj/ifam).
-DEFAULT_LOSS_WEIGHTS = {
-    "classification_stage1": 1.0,  # --classification_loss
-    "classification_stage2": 1.0,  # --classification_loss_stage_2
-    "presence": 1.0,  # --presence_loss (type "original")
-    "equivariance": 1.0,  # --equivariance_loss
-    "orthogonality": 1.0,  # --orthogonality_loss_landmarks
-    "total_variation": 1.0,  # --total_variation_loss
-    "entropy": 1.0,  # --pixel_wise_entropy_loss
-    "background": 2.0,  # --enforced_presence_loss (type "enforced_presence")
-    "concentration": 0.0,  # --concentration_loss (disabled in the recipe)
-}
-
 # Value of -log(0) used by torch's binary cross-entropy (it clamps log(x) at -100).
 _MAX_NEG_LOG = 100.0
 

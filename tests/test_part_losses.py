@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from modeling_ifam.part_losses import (
-    DEFAULT_LOSS_WEIGHTS,
     RandomAffine,
     background_presence_loss,
     concentration_loss,
@@ -32,23 +31,6 @@ def one_hot_maps(labels: torch.Tensor, num_parts: int) -> torch.Tensor:
 
 def scalar(x: float) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# Defaults
-# --------------------------------------------------------------------------------------------
-def test_default_loss_weights():
-    assert DEFAULT_LOSS_WEIGHTS == {
-        "classification_stage1": 1.0,
-        "classification_stage2": 1.0,
-        "presence": 1.0,
-        "equivariance": 1.0,
-        "orthogonality": 1.0,
-        "total_variation": 1.0,
-        "entropy": 1.0,
-        "background": 2.0,
-        "concentration": 0.0,
-    }
 
 
 # --------------------------------------------------------------------------------------------
