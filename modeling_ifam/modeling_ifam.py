@@ -197,14 +197,14 @@ class IFAMMaskedClassifier(nn.Module):
     def _encode_selected_tokens(self, embeddings: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """
         Run the encoder on the kept tokens only. Each image's tokens form one segment of a row; rows hold several images
-        (`"packed"`, first-fit decreasing into rows as long as the longest selection) or one (`"padded"`, the authors'
+        (`"packed"`, first-fit decreasing into rows whose length `pack_sequences` chooses by cost) or one (`"padded"`, the authors'
         pruning). A block-diagonal mask keeps the images apart, so the result equals the full-length masked
         computation. Returns the CLS token of every image, `[B, D]`.
         """
         hidden_size = embeddings.shape[-1]
         lengths = keep.sum(dim=1).tolist()
         one_per_row = not self.training and self.config.stage2_inference == "padded"
-        rows, starts, capacity = pack_sequences(lengths, one_per_row=one_per_row)
+        rows, starts, capacity = pack_sequences(lengths, one_per_row=one_per_row, hidden_size=hidden_size)
         image, position = keep.nonzero(as_tuple=True)  # image-major order
         rank = (keep.cumsum(dim=1) - 1)[image, position]  # index of a token within its image's selection
         rows = torch.tensor(rows, device=keep.device)
@@ -224,14 +224,35 @@ class IFAMMaskedClassifier(nn.Module):
         return hidden_states.reshape(num_slots, hidden_size)[offsets]  # CLS opens every segment
 
 
-def pack_sequences(lengths: list[int], one_per_row: bool = False) -> tuple[list[int], list[int], int]:
+def pack_sequences(
+    lengths: list[int], one_per_row: bool = False, hidden_size: int | None = None
+) -> tuple[list[int], list[int], int]:
     """
-    Place sequences of `lengths` into rows of `max(lengths)` slots, first-fit decreasing (or one per row).
+    Place sequences of `lengths` into rows, first-fit decreasing (or one per row, as long as the longest sequence).
     Returns the row and the start slot of every sequence, and the row length.
+
+    Without `hidden_size` the rows are as long as the longest sequence. With it, the row length is the candidate that
+    minimises the encoder's cost, `slots * (6 * hidden_size + row_length)`: a transformer layer spends `24 D^2`
+    FLOPs per slot in its linear layers and `4 D L` in attention, so longer rows waste fewer padding slots but pay
+    more per slot. The candidates are the longest sequence and, for every row count `r`, `ceil(total / r)`.
     """
-    capacity = max(lengths)
+    longest = max(lengths)
     if one_per_row:
-        return list(range(len(lengths))), [0] * len(lengths), capacity
+        return list(range(len(lengths))), [0] * len(lengths), longest
+    candidates = {longest}
+    if hidden_size is not None:
+        total = sum(lengths)
+        candidates |= {max(longest, -(-total // r)) for r in range(1, len(lengths) + 1)}
+    best = None
+    for capacity in sorted(candidates):
+        rows, starts, num_rows = _first_fit_decreasing(lengths, capacity)
+        cost = num_rows * capacity * (6 * (hidden_size or 0) + capacity)
+        if best is None or cost < best[0]:
+            best = (cost, rows, starts, capacity)
+    return best[1], best[2], best[3]
+
+
+def _first_fit_decreasing(lengths: list[int], capacity: int) -> tuple[list[int], list[int], int]:
     rows, starts, free = [0] * len(lengths), [0] * len(lengths), []
     for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         row = next((r for r, space in enumerate(free) if space >= lengths[index]), len(free))
@@ -239,7 +260,7 @@ def pack_sequences(lengths: list[int], one_per_row: bool = False) -> tuple[list[
             free.append(capacity)
         rows[index], starts[index] = row, capacity - free[row]
         free[row] -= lengths[index]
-    return rows, starts, capacity
+    return rows, starts, len(free)
 
 
 class IFAMPreTrainedModel(PreTrainedModel):

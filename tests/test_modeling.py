@@ -311,6 +311,16 @@ def test_pack_sequences_first_fit_decreasing():
     assert pack_sequences([5, 2, 3, 1], one_per_row=True) == ([0, 1, 2, 3], [0, 0, 0, 0], 5)
 
 
+def test_pack_sequences_chooses_the_row_length_by_cost():
+    from modeling_ifam.modeling_ifam import pack_sequences
+
+    lengths = [3, 3, 3, 2, 2]  # rows of 3 waste nothing inside a row but need 5 rows: 15 slots for 13 tokens
+    # wide layers (linear cost per slot dominates): one row of 13 slots, 13 * (6000 + 13) < 15 * (6000 + 3)
+    assert pack_sequences(lengths, hidden_size=1000) == ([0] * 5, [0, 3, 6, 9, 11], 13)
+    # narrow layers (attention dominates): rows as long as the longest sequence, 15 * (6 + 3) < 13 * (6 + 13)
+    assert pack_sequences(lengths, hidden_size=1) == pack_sequences(lengths) == ([0, 1, 2, 3, 4], [0] * 5, 3)
+
+
 def test_torch_compile_in_eval_mode(model, pixel_values):
     compiled = torch.compile(model, backend="eager")
     torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, atol=1e-5, rtol=0)
