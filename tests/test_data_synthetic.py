@@ -123,14 +123,29 @@ def test_ood_regime_kinds():
     dd = make_synthetic_benchmark(regime="ood", num_train=240, num_validation=60, num_test=80, image_size=56)
     tr, va, te = (set(_arr(dd[s], "background").tolist()) for s in ("train", "validation", "test"))
     assert tr == set(range(6)) and va <= tr
-    assert te == {6, 7, 8, 9} and not (te & tr)
+    assert te == set(range(6, 12)) and not (te & tr)
     names = dd["test"].features["background"].names
-    assert names == [k[0] for k in BACKGROUND_KINDS[:10]]
+    assert names == [k[0] for k in BACKGROUND_KINDS[:12]]
     y, bg = _arr(dd["train"], "label"), _arr(dd["train"], "background")
     assert abs((y[bg == 0] == 0).mean() - 0.5) < 0.25  # class-independent backgrounds
     counts = Counter(_arr(dd["test"], "group").tolist())
-    assert len(counts) == 8 and max(counts.values()) - min(counts.values()) <= 1
-    np.testing.assert_array_equal(_arr(dd["test"], "group"), _arr(dd["test"], "label") * 10 + _arr(dd["test"], "background"))
+    assert len(counts) == 12 and max(counts.values()) - min(counts.values()) <= 1
+    np.testing.assert_array_equal(_arr(dd["test"], "group"), _arr(dd["test"], "label") * 12 + _arr(dd["test"], "background"))
+
+
+def test_line_backgrounds_run_along_the_class_orientations():
+    """Kind 10 has horizontal lines (class 0's stripe direction), kind 11 vertical ones (class 1's)."""
+    dd = make_synthetic_benchmark(regime="ood", num_train=0, num_validation=0, num_test=48, image_size=56,
+                                  patch_size=7, noise_std=0.0)
+    for row in dd["test"]:
+        if row["background"] not in (10, 11):
+            continue
+        img = np.asarray(row["image"], dtype=np.float32).mean(-1)
+        outside = np.asarray(row["mask"]) == 0
+        both = outside[1:, 1:] & outside[:-1, 1:] & outside[1:, :-1]
+        along_y = np.abs(np.diff(img, axis=0))[:, 1:][both].mean()  # large for horizontal lines
+        along_x = np.abs(np.diff(img, axis=1))[1:, :][both].mean()
+        assert (along_y > 2 * along_x) if row["background"] == 10 else (along_x > 2 * along_y), row["background"]
 
 
 def test_mask_to_token_mask_threshold():
