@@ -197,8 +197,8 @@ class IFAMMaskedClassifier(nn.Module):
     def _encode_selected_tokens(self, embeddings: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """
         Run the encoder on the kept tokens only. Each image's tokens form one segment of a row; rows hold several images
-        (`"packed"`, first-fit decreasing into rows whose length `pack_sequences` chooses by cost) or one (`"padded"`, the authors'
-        pruning). A block-diagonal mask keeps the images apart, so the result equals the full-length masked
+        (`"packed"`, first-fit decreasing into rows whose length `pack_sequences` chooses by cost) or one (`"padded"`,
+        the authors' pruning). A block-diagonal mask keeps the images apart, so the result equals the full-length masked
         computation. Returns the CLS token of every image, `[B, D]`.
         """
         hidden_size = embeddings.shape[-1]
@@ -232,9 +232,9 @@ def pack_sequences(
     Returns the row and the start slot of every sequence, and the row length.
 
     Without `hidden_size` the rows are as long as the longest sequence. With it, the row length is the candidate that
-    minimises the encoder's cost, `slots * (6 * hidden_size + row_length)`: a transformer layer spends `24 D^2`
-    FLOPs per slot in its linear layers and `4 D L` in attention, so longer rows waste fewer padding slots but pay
-    more per slot. The candidates are the longest sequence and, for every row count `r`, `ceil(total / r)`.
+    minimises the encoder's cost, `slots * (6 * hidden_size + row_length)`: a transformer layer (MLP ratio 4) spends
+    `24 D^2` FLOPs per slot in its linear layers and `4 D L` in attention, so longer rows waste fewer padding slots
+    but pay more per slot. The candidates are the longest sequence and, for every row count `r`, `ceil(total / r)`.
     """
     longest = max(lengths)
     if one_per_row:
