@@ -241,10 +241,11 @@ def pack_sequences(
         return list(range(len(lengths))), [0] * len(lengths), longest
     candidates = {longest}
     if hidden_size is not None:
-        total = sum(lengths)
-        candidates |= {max(longest, -(-total // r)) for r in range(1, len(lengths) + 1)}
-    best = None
+        candidates |= {max(longest, -(-sum(lengths) // r)) for r in range(1, len(lengths) + 1)}
+    total, best = sum(lengths), None
     for capacity in sorted(candidates):
+        if best is not None and total * (6 * (hidden_size or 0) + capacity) >= best[0]:
+            break  # even without padding, this and every longer row length would cost more
         rows, starts, num_rows = _first_fit_decreasing(lengths, capacity)
         cost = num_rows * capacity * (6 * (hidden_size or 0) + capacity)
         if best is None or cost < best[0]:
