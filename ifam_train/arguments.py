@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "Default: a small DINOv2-architecture model trained from scratch.")
     model.add_argument("--model_type", choices=["ifam", "dinov2"], default="ifam",
                        help="dinov2: the single-pass baseline, transformers' Dinov2ForImageClassification (ERM).")
-    model.add_argument("--token_mask_source", choices=["stage1", "ground_truth"], default="stage1",
+    model.add_argument("--token_mask_source", choices=["stage1", "ground_truth", "center"], default="stage1",
                        help="ground_truth: stage 2 sees the ground-truth foreground patches in training and evaluation "
-                       "(the paper's early-masking upper bound; needs a `mask` column).")
+                       "(the paper's early-masking upper bound; needs a `mask` column); center: the central square of "
+                       "half the patch grid's side in every image (a positional-prior control).")
     model.add_argument("--num_parts", type=int, default=2)
     model.add_argument("--part_dropout", type=float, default=0.3)
     model.add_argument("--part_dropout_stage2", type=float, default=0.3)

@@ -11,13 +11,13 @@ from ifam_metrics import load_metric
 
 @torch.no_grad()
 def predict(
-    model, dataloader, accelerator: Accelerator, ground_truth_token_masks: bool = False, **forward_kwargs
+    model, dataloader, accelerator: Accelerator, token_mask_source: str = "stage1", **forward_kwargs
 ) -> dict[str, np.ndarray]:
     """
     Run `model` over `dataloader` (gathered across processes). Returns `predictions`, `references`, `scores` (softmax)
     and, where available, `stage1_predictions`, `groups`, `coverage` (fraction of patches stage 2 saw) and the
-    discovered/ground-truth pixel masks `predicted_masks`/`reference_masks`. With `ground_truth_token_masks`, stage 2
-    sees the patches of the ground-truth masks (the paper's early-masking upper bound).
+    discovered/ground-truth pixel masks `predicted_masks`/`reference_masks`. `token_mask_source` other than "stage1"
+    gives stage 2 a fixed selection instead of stage 1's (`given_token_mask`).
     """
     model.eval()
     collected: dict[str, list] = {}
@@ -26,8 +26,8 @@ def predict(
         collected.setdefault(name, []).append(accelerator.gather_for_metrics(tensor).cpu())
 
     for batch in dataloader:
-        if ground_truth_token_masks:
-            forward_kwargs["token_mask"] = ground_truth_token_mask(batch["mask"], model.config.patch_size)
+        if token_mask_source != "stage1":
+            forward_kwargs["token_mask"] = given_token_mask(token_mask_source, batch, model.config.patch_size)
         outputs = model(pixel_values=batch["pixel_values"], **forward_kwargs)
         keep("predictions", outputs.logits.argmax(-1))
         keep("scores", outputs.logits.float().softmax(-1))
@@ -47,9 +47,22 @@ def predict(
     return {name: torch.cat(chunks).numpy() for name, chunks in collected.items()}
 
 
-def ground_truth_token_mask(mask: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[B, H, W] pixel masks -> [B, N] patch masks: a patch is foreground when half its pixels are."""
-    return mask_to_token_mask(mask, patch_size, threshold=0.5)
+def given_token_mask(source: str, batch: dict, patch_size: int) -> torch.Tensor:
+    """
+    The `token_mask` ([B, N], bool) that replaces stage 1's selection: "ground_truth", the patches at least half inside
+    the batch's `mask` (the paper's early-masking upper bound); "center", the central square of half the patch grid's
+    side whatever the image shows (a control: what a positional prior alone achieves).
+    """
+    if source == "ground_truth":
+        return mask_to_token_mask(batch["mask"], patch_size, threshold=0.5)
+    if source == "center":
+        height, width = batch["pixel_values"].shape[-2:]
+        rows, columns = height // patch_size, width // patch_size
+        top, left = (rows - rows // 2) // 2, (columns - columns // 2) // 2
+        block = torch.zeros(rows, columns, dtype=torch.bool)
+        block[top: top + rows // 2, left: left + columns // 2] = True
+        return block.flatten().expand(batch["pixel_values"].shape[0], -1).to(batch["pixel_values"].device)
+    raise ValueError(f"Unknown token_mask_source {source!r}: expected 'stage1', 'ground_truth' or 'center'.")
 
 
 def compute_metrics(results: dict[str, np.ndarray], worst_group_auc: bool = False) -> dict[str, float]:

@@ -98,3 +98,28 @@ def test_recipe_freezes_stage1_backbone_but_its_tokens():
     assert by_name[id(named["stage2.backbone.encoder.layer.0.mlp.fc1.weight"])]["weight_decay"] == 0.05
     assert by_name[id(named["stage1.backbone.embeddings.cls_token"])]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(trainable)
+
+
+def test_given_token_masks_ground_truth_and_center_block():
+    from ifam_data.synthetic import mask_to_token_mask
+    from ifam_train.evaluation import given_token_mask
+
+    mask = torch.zeros(2, 56, 56, dtype=torch.uint8)
+    mask[0, :28, :28] = 1
+    batch = {"pixel_values": torch.zeros(2, 3, 56, 56), "mask": mask}
+    ground_truth = given_token_mask("ground_truth", batch, 7)
+    assert torch.equal(ground_truth, mask_to_token_mask(mask, 7)) and ground_truth[0].sum() == 16
+    center = given_token_mask("center", batch, 7).view(2, 8, 8)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[2:6, 2:6] = True  # half the side, centred, whatever the image shows
+    assert torch.equal(center[0], expected) and torch.equal(center[1], expected)
+    odd = given_token_mask("center", {"pixel_values": torch.zeros(1, 3, 42, 42)}, 7).view(6, 6)
+    assert odd.sum() == 9 and odd[1:4, 1:4].all()
+    with pytest.raises(ValueError, match="'stage2'"):
+        given_token_mask("stage2", batch, 7)
+
+
+def test_center_token_mask_run_shows_stage2_only_the_block(tmp_path):
+    results = run(tmp_path, "--token_mask_source", "center", "--max_train_steps", "2", "--checkpointing_steps", "100")
+    for metrics in results.values():  # 28 px, patch 7: the central 2 x 2 of the 4 x 4 grid
+        assert metrics["coverage"] == pytest.approx(0.25)
