@@ -5,9 +5,11 @@
 
 Every method trains with train.py on the same data and the same backbone (hidden 64, 4 layers, patch 7, 56 px):
 ERM (transformers' Dinov2ForImageClassification on the whole image), iFAM with K = 1, 2, 4, iFAM with soft masks,
-iFAM without stage 2 (the stage-1 prediction of a model trained with the stage-2 loss off: PDiscoFormer), and early
-masking with the ground-truth foreground masks passed as `token_mask` (the upper bound); plus the interventions on the
-iFAM models (token removal at q = 97 and 99, and the leave-one-out part removal chosen on validation).
+iFAM without stage 2 (the stage-1 prediction of a model trained with the stage-2 loss off: PDiscoFormer), early
+masking with the ground-truth foreground masks passed as `token_mask` (the upper bound), and early masking with a fixed
+central block of patches (a control: what the objects' central placement alone gives, with no look at the image); plus
+the interventions on the iFAM models (token removal at q = 97 and 99, and the leave-one-out part removal chosen on
+validation). The (regime, seed) pairs run `--jobs` at a time in separate processes.
 
 The paper's regime is a self-supervised backbone with stage 1 frozen. No pretrained DINOv2 exists here, so for every
 regime and seed the backbone is first pretrained without labels on that regime's training images (masked-patch

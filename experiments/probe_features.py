@@ -1,0 +1,116 @@
+"""How much do a backbone's frozen patch features say about the object? Linear probes on the built-in benchmark.
+
+    python experiments/probe_features.py outputs/experiments/<run>/ood/seed0/pretrained --regime ood --seed 0
+
+Stage 1 of iFAM keeps its backbone frozen and assigns patches to parts by their distance to learned prototypes, so it
+can only find the object if the frozen features set object patches apart, and its own classifier only works if the
+features pooled over a part carry the class. Two logistic-regression probes, fitted on the training split and scored on
+the others, for every layer's patch tokens:
+
+* figure/ground: patch features -> "at least half of this patch is object" (accuracy and foreground IoU);
+* class: the features averaged over the ground-truth object patches -> the label (accuracy).
+
+A linear probe measures what a linear read-out finds, not everything the network knows; the README reports it for the
+masked-modelling backbones that `synthetic.py` pretrains.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ifam_data.synthetic import mask_to_token_mask  # noqa: E402
+from ifam_train.arguments import parse_args  # noqa: E402
+from ifam_train.data import dinov2_processor, eval_dataloader, load_training_data  # noqa: E402
+from transformers import Dinov2Model  # noqa: E402
+
+
+@torch.no_grad()
+def features(backbone: Dinov2Model, split) -> dict[str, torch.Tensor]:
+    """patches [L, M, D] (every layer's patch tokens, the last after the final layernorm), foreground [M], and per
+    image: pooled [L, B, D] (mean over the ground-truth object patches) and labels [B]."""
+    patches, foreground, pooled, labels = [], [], [], []
+    patch_size = backbone.config.patch_size
+    for batch in eval_dataloader(split, dinov2_processor(backbone.config.image_size), 256):
+        outputs = backbone(batch["pixel_values"], output_hidden_states=True)
+        layers = torch.stack([h[:, 1:] for h in outputs.hidden_states[1:-1]] + [outputs.last_hidden_state[:, 1:]])
+        mask = mask_to_token_mask(batch["mask"], patch_size)  # [B, N]
+        patches.append(layers.flatten(1, 2))
+        foreground.append(mask.flatten())
+        weights = mask.float()[None, ..., None]
+        pooled.append((layers * weights).sum(2) / weights.sum(2).clamp_min(1))
+        labels.append(batch["labels"])
+    return {"patches": torch.cat(patches, 1), "foreground": torch.cat(foreground),
+            "pooled": torch.cat(pooled, 1), "labels": torch.cat(labels)}
+
+
+def fit_linear(inputs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> tuple[torch.nn.Linear, tuple]:
+    """L2-regularised multinomial logistic regression on standardised inputs (L-BFGS)."""
+    mean, std = inputs.mean(0), inputs.std(0) + 1e-6
+    inputs = (inputs - mean) / std
+    probe = torch.nn.Linear(inputs.shape[1], num_classes)
+    optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(probe(inputs), targets) + 1e-4 * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return probe, (mean, std)
+
+
+def predict(probe, standardise, inputs):
+    with torch.no_grad():
+        return probe((inputs - standardise[0]) / standardise[1]).argmax(-1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("backbone", help="A Dinov2Model folder (e.g. a `pretrained` folder of synthetic.py).")
+    parser.add_argument("--regime", default="ood", choices=["ood", "correlated"])
+    parser.add_argument("--seed", type=int, default=0, help="The benchmark's seed (the one the backbone saw).")
+    parser.add_argument("--num_train", type=int, default=3000)
+    parser.add_argument("--output", type=Path, default=None, help="Also write the figures to this JSON file.")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    backbone = Dinov2Model.from_pretrained(args.backbone).eval()
+    data = load_training_data(parse_args(["--synthetic_regime", args.regime, "--synthetic_num_train",
+                                          str(args.num_train), "--seed", str(args.seed)]))
+    splits = {name: features(backbone, data[name]) for name in ("train", "validation", "test")}
+    train, num_classes = splits["train"], len(data["train"].features["label"].names)
+    report = []
+    for layer in range(train["patches"].shape[0]):
+        row = {"layer": layer + 1}
+        ground, standardise = fit_linear(train["patches"][layer], train["foreground"].long(), 2)
+        classes, class_standardise = fit_linear(train["pooled"][layer], train["labels"], num_classes)
+        for name in ("validation", "test"):
+            split = splits[name]
+            predicted = predict(ground, standardise, split["patches"][layer]).bool()
+            truth = split["foreground"]
+            row[f"{name}_figure_ground_accuracy"] = 100 * (predicted == truth).float().mean().item()
+            row[f"{name}_foreground_iou"] = 100 * ((predicted & truth).sum() / (predicted | truth).sum()).item()
+            labels = predict(classes, class_standardise, split["pooled"][layer])
+            row[f"{name}_class_accuracy"] = 100 * (labels == split["labels"]).float().mean().item()
+        report.append(row)
+        print(" | ".join(f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
+                         for key, value in row.items()), flush=True)
+    foreground_share = 100 * train["foreground"].float().mean().item()
+    print(f"object patches: {foreground_share:.1f}% of the training patches (always answering 'background' scores "
+          f"{100 - foreground_share:.1f}% figure/ground accuracy)")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({"backbone": args.backbone, "regime": args.regime, "seed": args.seed,
+                                           "object_patch_share": foreground_share, "layers": report}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
