@@ -1,0 +1,36 @@
+"""The experiment helpers: the linear probes of experiments/probe_features.py."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import Dinov2Config, Dinov2Model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import probe_features  # noqa: E402
+
+
+def test_linear_probe_separates_separable_data_and_reads_standardised_inputs():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(400, 5, generator=generator) * torch.tensor([1.0, 50.0, 0.01, 3.0, 1.0]) + 100.0
+    targets = (inputs[:, 2] > 100.0).long()  # carried by the smallest-scale feature only
+    probe, standardise = probe_features.fit_linear(inputs, targets, 2)
+    assert torch.equal(probe_features.predict(probe, standardise, inputs), targets)
+    shuffled = targets[torch.randperm(400, generator=generator)]  # no signal: far from perfect
+    probe, standardise = probe_features.fit_linear(inputs, shuffled, 2)
+    assert (probe_features.predict(probe, standardise, inputs) == shuffled).float().mean() < 0.7
+
+
+def test_probe_script_reports_every_layer(tmp_path):
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=7,
+                          image_size=56)
+    torch.manual_seed(0)
+    Dinov2Model(config).save_pretrained(tmp_path / "backbone")
+    probe_features.main([str(tmp_path / "backbone"), "--num_train", "64", "--output", str(tmp_path / "probe.json")])
+    report = json.loads((tmp_path / "probe.json").read_text())
+    assert [row["layer"] for row in report["layers"]] == [1, 2]
+    assert 20 < report["object_patch_share"] < 45
+    for row in report["layers"]:
+        for split in ("validation", "test"):
+            assert 0 <= row[f"{split}_foreground_iou"] <= 100 and 0 <= row[f"{split}_class_accuracy"] <= 100
