@@ -24,10 +24,11 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 from ifam_data.synthetic import mask_to_token_mask  # noqa: E402
-from ifam_train.arguments import parse_args  # noqa: E402
-from ifam_train.data import dinov2_processor, eval_dataloader, load_training_data  # noqa: E402
+from ifam_train.data import dinov2_processor, eval_dataloader  # noqa: E402
+from synthetic import benchmark  # noqa: E402
 from transformers import Dinov2Model  # noqa: E402
 
 
@@ -83,8 +84,7 @@ def main(argv=None):
 
     torch.manual_seed(0)
     backbone = Dinov2Model.from_pretrained(args.backbone).eval()
-    data = load_training_data(parse_args(["--synthetic_regime", args.regime, "--synthetic_num_train",
-                                          str(args.num_train), "--seed", str(args.seed)]))
+    data = benchmark(args.regime, args.num_train, args.seed)
     splits = {name: features(backbone, data[name]) for name in ("train", "validation", "test")}
     train, num_classes = splits["train"], len(data["train"].features["label"].names)
     report = []

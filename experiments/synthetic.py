@@ -89,14 +89,18 @@ def parse(argv=None):
     return args
 
 
+def benchmark(regime: str, num_train: int, seed: int):
+    """The built-in benchmark's `DatasetDict` exactly as train.py loads it for these settings (cached on disk)."""
+    return load_training_data(parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(num_train),
+                                          "--seed", str(seed)]))
+
+
 def pretrained_backbone(args, regime: str, seed: int) -> str:
     """The regime's self-supervised backbone for this seed (cached in the work dir)."""
     folder = args.work_dir / regime / f"seed{seed}" / "pretrained"
     if (folder / "config.json").is_file():
         return str(folder)
-    data_args = parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(args.num_train),
-                            "--seed", str(seed)])
-    data = load_training_data(data_args)["train"]
+    data = benchmark(regime, args.num_train, seed)["train"]
     images = torch.cat([batch["pixel_values"] for batch in eval_dataloader(data, dinov2_processor(56), 256)])
     config = Dinov2Config(**train.SMALL_BACKBONE, patch_size=7, image_size=56)
     pretrain(images, config, folder, epochs=args.pretrain_epochs, seed=seed)
@@ -119,9 +123,7 @@ def run(args, regime: str, seed: int, name: str, options: list[str]) -> Path:
 def evaluate_split(folder: Path, regime: str, seed: int, split: str, args, **forward_kwargs):
     """Test metrics of a trained iFAM folder, also with interventions or its stage-1 predictions."""
     model = IFAMForImageClassification.from_pretrained(folder).eval()
-    data_args = parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(args.num_train),
-                            "--seed", str(seed)])
-    loader = eval_dataloader(load_training_data(data_args)[split], dinov2_processor(56), 256)
+    loader = eval_dataloader(benchmark(regime, args.num_train, seed)[split], dinov2_processor(56), 256)
     return model, loader
 
 

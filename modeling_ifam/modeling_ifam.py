@@ -239,10 +239,10 @@ def pack_sequences(
     longest = max(lengths)
     if one_per_row:
         return list(range(len(lengths))), [0] * len(lengths), longest
+    total, best = sum(lengths), None
     candidates = {longest}
     if hidden_size is not None:
-        candidates |= {max(longest, -(-sum(lengths) // r)) for r in range(1, len(lengths) + 1)}
-    total, best = sum(lengths), None
+        candidates |= {max(longest, -(-total // r)) for r in range(1, len(lengths) + 1)}
     for capacity in sorted(candidates):
         if best is not None and total * (6 * (hidden_size or 0) + capacity) >= best[0]:
             break  # even without padding, this and every longer row length would cost more
