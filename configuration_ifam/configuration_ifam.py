@@ -4,14 +4,19 @@ This module is copied to the Hub for ``trust_remote_code`` users: it imports onl
 """
 
 from huggingface_hub.dataclasses import strict
-from transformers import Dinov2Config
+from transformers import AutoConfig, Dinov2Config, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# The DINOv2 variants a separate stage-1 backbone may be (`stage1_config["model_type"]`).
+STAGE1_BACKBONE_TYPES = ("dinov2", "dinov2_with_registers")
 
 
 @strict
 class IFAMConfig(Dinov2Config):
     r"""
-    Configuration of [`IFAMForImageClassification`]: two DINOv2 backbones of the same size, a PDiscoFormer part
-    discovery head on the first, and a classifier on the second that only sees the patches the first one selects.
+    Configuration of [`IFAMForImageClassification`]: two DINOv2 backbones (of the same size by default, as in the
+    paper), a PDiscoFormer part discovery head on the first, and a classifier on the second that only sees the patches
+    the first one selects.
 
     Every DINOv2 option (size, patch size, image size, SwiGLU, ...) is inherited from [`Dinov2Config`].
     `num_register_tokens > 0` builds DINOv2-with-registers backbones (the public checkpoints use 4).
@@ -49,6 +54,18 @@ class IFAMConfig(Dinov2Config):
             only). Both give the same loss and the same gradients, stage 1's straight-through gradient included: an
             unselected token is never attended, so its gradient is zero in the full-length computation too. `"packed"`
             needs `drop_path_rate=0` (stochastic depth would drop the images sharing a sequence together).
+        stage1_image_size (`int`, *optional*):
+            `None` (the paper): stage 1 sees the image as stage 2 does. An int: stage 1 sees the image resized
+            (bilinear, antialiased) to `stage1_image_size x stage1_image_size` and produces its part maps on its own
+            patch grid; the stage-2 token mask is the argmax of the part probabilities resized bilinearly to stage 2's
+            grid (token removal compares the bilinearly resized distances; see
+            `IFAMForImageClassification.part_maps_on_grid`). The guarantee is unchanged: it concerns stage 2's input.
+            Must be a multiple of stage 1's patch size.
+        stage1_config (`dict` or [`Dinov2Config`] / [`Dinov2WithRegistersConfig`], *optional*):
+            `None` (the paper): stage 1's backbone is the same architecture as stage 2's (this config's DINOv2
+            options). Otherwise the DINOv2 (`model_type="dinov2"`) or DINOv2-with-registers config of a separate
+            stage-1 backbone, of any width, depth, patch size or register count (e.g. DINOv2-small for stage 1 with
+            DINOv2-base for stage 2). It is saved nested in `config.json`. `from_dinov2(..., stage1=checkpoint)` fills it.
         *_loss_weight (`float`):
             Weights of the training objective. A weight of 0 turns a term off. Defaults follow the reference recipe:
             stage-1 and stage-2 classification 1, presence 1, equivariance 1, orthogonality 1, total variation 1,
@@ -62,6 +79,9 @@ class IFAMConfig(Dinov2Config):
     ```"""
 
     model_type = "ifam"
+    sub_configs_defaults = {
+        "stage1_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", optional=True),
+    }
 
     num_register_tokens: int = 0
     num_parts: int = 8
@@ -75,6 +95,8 @@ class IFAMConfig(Dinov2Config):
     token_removal_percentile: float | int | None = None
     stage2_inference: str = "packed"
     stage2_training: str = "masked"
+    stage1_image_size: int | None = None
+    stage1_config: dict | PreTrainedConfig | None = None
 
     stage1_classification_loss_weight: float | int = 1.0
     stage2_classification_loss_weight: float | int = 1.0
@@ -91,6 +113,11 @@ class IFAMConfig(Dinov2Config):
         if self.part_distance_thresholds is None:
             self.part_distance_thresholds = {}
         super().__post_init__(**kwargs)
+
+    @property
+    def stage1_backbone_config(self) -> PreTrainedConfig:
+        """The config stage 1's backbone is built from: `stage1_config`, or this config (both stages alike)."""
+        return self if self.stage1_config is None else self.stage1_config
 
     @property
     def loss_weights(self) -> dict[str, float]:
@@ -142,6 +169,21 @@ class IFAMConfig(Dinov2Config):
             raise ValueError(f"`image_size` must be an int (the side of the square position table), got {self.image_size}.")
         if self.image_size % self.patch_size:
             raise ValueError(f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size}).")
+        stage1 = self.stage1_backbone_config
+        if self.stage1_config is not None:
+            if stage1.model_type not in STAGE1_BACKBONE_TYPES:
+                raise ValueError(f"`stage1_config` must be a DINOv2 config (model_type in {STAGE1_BACKBONE_TYPES}), got "
+                                 f"model_type={stage1.model_type!r}.")
+            if not isinstance(stage1.patch_size, int) or not isinstance(stage1.image_size, int):
+                raise ValueError("`stage1_config` needs an int `patch_size` and `image_size` (square patches and "
+                                 f"position table), got {stage1.patch_size} and {stage1.image_size}.")
+        if self.stage1_image_size is not None:
+            if isinstance(self.stage1_image_size, bool) or not isinstance(self.stage1_image_size, int) \
+                    or self.stage1_image_size <= 0:
+                raise ValueError(f"`stage1_image_size` must be a positive int or None, got {self.stage1_image_size!r}.")
+            if self.stage1_image_size % stage1.patch_size:
+                raise ValueError(f"`stage1_image_size` ({self.stage1_image_size}) must be a multiple of stage 1's "
+                                 f"`patch_size` ({stage1.patch_size}).")
 
     def thresholds_for(self, percentile: float) -> list[float] | None:
         """The calibrated thresholds of `percentile` (`97`, `97.0` and `"97"` are the same key), or `None`."""

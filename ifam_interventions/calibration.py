@@ -30,9 +30,13 @@ def collect_part_distances(
     present = torch.zeros(num_parts, dtype=torch.long)
     num_images = 0
     for batch in batches:
-        stage1 = model.stage1(batch["pixel_values"].to(model.device))
-        assignment = stage1.part_maps.flatten(2).argmax(1)  # [B, N]
-        distance = stage1.part_distances.flatten(2).gather(1, assignment[:, None]).squeeze(1)  # [B, N]
+        pixel_values = batch["pixel_values"].to(model.device)
+        stage1 = model.stage1(pixel_values)
+        # on stage 2's patch grid, where token removal applies them (the same as stage 1's unless stage 1 has its own)
+        grid = tuple(size // model.config.patch_size for size in pixel_values.shape[-2:])
+        part_maps, part_distances = model.part_maps_on_grid(stage1, grid)
+        assignment = part_maps.flatten(2).argmax(1)  # [B, N]
+        distance = part_distances.flatten(2).gather(1, assignment[:, None]).squeeze(1)  # [B, N]
         for part in range(num_parts):
             assigned = assignment == part
             distances[part].append(distance[assigned].float().cpu())

@@ -60,7 +60,7 @@ def part_grid(
     num_parts = model.config.num_parts
     colours = part_colours(num_parts)
     size = pixel_values.shape[-2:]
-    grid_shape = base.part_maps.shape[-2:]
+    grid_shape = [side // model.config.patch_size for side in size]  # stage 2's grid (the token mask's)
     columns = 2 + len(interventions)
     figure, axes = plt.subplots(len(pixel_values), columns, figsize=(2.2 * columns, 2.3 * len(pixel_values)),
                                 squeeze=False)

@@ -40,7 +40,7 @@ def predict(
             keep("coverage", token_mask.float().mean(-1))
             if "mask" in batch:
                 height, width = batch["mask"].shape[-2:]
-                side = outputs.part_maps.shape[-2:]
+                side = [size // model.config.patch_size for size in batch["pixel_values"].shape[-2:]]  # stage 2's grid
                 grid = token_mask.view(-1, 1, *side).float()
                 keep("predicted_masks", F.interpolate(grid, size=(height, width), mode="nearest")[:, 0].bool())
                 keep("reference_masks", batch["mask"])

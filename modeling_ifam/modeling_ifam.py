@@ -45,7 +45,8 @@ except ImportError:  # installed package layout
 @dataclass
 class IFAMPartDiscoveryOutput(ModelOutput):
     """
-    Output of stage 1 (part discovery).
+    Output of stage 1 (part discovery), on stage 1's own patch grid (`height x width`: the image's, or that of
+    `config.stage1_image_size`).
 
     part_distances (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
         Squared distance of every patch feature to every part prototype (background last).
@@ -75,11 +76,13 @@ class IFAMImageClassifierOutput(ModelOutput):
     stage1_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
         Stage-1 (PDiscoFormer) class scores, computed from the whole image.
     part_maps (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
-        Part assignment probabilities, background last.
+        Part assignment probabilities, background last, on stage 1's patch grid (which differs from stage 2's when
+        `config.stage1_image_size` is set or stage 1 has another patch size).
     part_distances (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
-        Squared distances of the patch features to the part prototypes (what the token-removal thresholds apply to).
-    token_mask (`torch.BoolTensor` of shape `(batch_size, height * width)`):
-        True for the patches that stage 2 sees.
+        Squared distances of the patch features to the part prototypes (what the token-removal thresholds apply to),
+        on stage 1's patch grid.
+    token_mask (`torch.BoolTensor` of shape `(batch_size, num_patches)`):
+        True for the patches that stage 2 sees, on stage 2's patch grid (row-major).
     loss_terms (`dict[str, torch.FloatTensor]`, returned when `labels` is given):
         Every unweighted term of `loss`, keyed like `IFAMConfig.loss_weights`.
     """
@@ -93,9 +96,32 @@ class IFAMImageClassifierOutput(ModelOutput):
     loss_terms: dict[str, torch.FloatTensor] | None = None
 
 
-def build_dinov2_backbone(config: IFAMConfig) -> Dinov2Model | Dinov2WithRegistersModel:
+def build_dinov2_backbone(config) -> Dinov2Model | Dinov2WithRegistersModel:
     """A transformers DINOv2 model of the configured size, with register tokens when the config asks for them."""
-    return Dinov2WithRegistersModel(config) if config.num_register_tokens > 0 else Dinov2Model(config)
+    return Dinov2WithRegistersModel(config) if num_register_tokens(config) > 0 else Dinov2Model(config)
+
+
+def num_register_tokens(config) -> int:
+    """Register tokens of a backbone config (a plain `Dinov2Config` has none)."""
+    return getattr(config, "num_register_tokens", 0) or 0
+
+
+def resize_part_outputs(
+    part_maps: torch.Tensor, part_distances: torch.Tensor | None, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    Bring stage 1's part probabilities and distances (`[B, K+1, h, w]`) to another patch grid (`grid = (H, W)`):
+    bilinear interpolation of both, `align_corners=False` (the patch centres of two grids covering the same image).
+    Unchanged when the grids are equal. The resized probabilities still sum to 1 at every patch (convex combinations),
+    and the resize is differentiable, so the straight-through gradient of the token mask reaches stage 1.
+    """
+    if tuple(part_maps.shape[-2:]) == tuple(grid):
+        return part_maps, part_distances
+
+    def resize(tensor):
+        return None if tensor is None else F.interpolate(tensor, size=tuple(grid), mode="bilinear", align_corners=False)
+
+    return resize(part_maps), resize(part_distances)
 
 
 def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -104,22 +130,31 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
 
 
 class IFAMPartDiscovery(nn.Module):
-    """Stage 1, PDiscoFormer: DINOv2 patch features -> K + 1 prototypes -> part maps -> per-part classifier."""
+    """
+    Stage 1, PDiscoFormer: DINOv2 patch features -> K + 1 prototypes -> part maps -> per-part classifier.
+
+    Its backbone is `config.stage1_backbone_config` (stage 2's architecture unless `config.stage1_config` is set), and
+    with `config.stage1_image_size` it sees the image resized to that size (bilinear, antialiased): the part maps are
+    then on that size's patch grid.
+    """
 
     def __init__(self, config: IFAMConfig):
         super().__init__()
         self.config = config
-        num_parts, hidden_size = config.num_parts, config.hidden_size
-        self.backbone = build_dinov2_backbone(config)
+        backbone_config = config.stage1_backbone_config
+        num_parts, hidden_size = config.num_parts, backbone_config.hidden_size
+        self.patch_size = backbone_config.patch_size
+        self.num_prefix_tokens = 1 + num_register_tokens(backbone_config)
+        self.backbone = build_dinov2_backbone(backbone_config)
         self.prototypes = nn.Parameter(torch.empty(num_parts + 1, hidden_size))  # background last
         self.modulation = nn.LayerNorm([hidden_size, num_parts + 1])
         self.part_dropout = nn.Dropout1d(config.part_dropout)
         self.classifier = nn.Linear(hidden_size, config.num_labels, bias=False)
 
     def forward(self, pixel_values: torch.Tensor) -> IFAMPartDiscoveryOutput:
-        height, width = (size // self.config.patch_size for size in pixel_values.shape[-2:])
-        prefix = 1 + self.config.num_register_tokens
-        features = self.backbone(pixel_values).last_hidden_state[:, prefix:]  # [B, N, D], layer-normed
+        pixel_values = self.resize_image(pixel_values)
+        height, width = (size // self.patch_size for size in pixel_values.shape[-2:])
+        features = self.backbone(pixel_values).last_hidden_state[:, self.num_prefix_tokens:]  # [B, N, D], layer-normed
 
         # ||x - p||^2 = ||x||^2 - 2 x.p + ||p||^2, for every patch x and prototype p
         distances = (
@@ -146,6 +181,13 @@ class IFAMPartDiscovery(nn.Module):
             part_features=part_features,
             logits=logits,
         )
+
+    def resize_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The image stage 1 sees: resized to `config.stage1_image_size` (bilinear, antialiased), or as it is."""
+        size = self.config.stage1_image_size
+        if size is None or tuple(pixel_values.shape[-2:]) == (size, size):
+            return pixel_values
+        return F.interpolate(pixel_values, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 class IFAMMaskedClassifier(nn.Module):
@@ -298,7 +340,7 @@ class IFAMPreTrainedModel(PreTrainedModel):
             init.constant_(module.lambda1, self.config.layerscale_value)
         elif isinstance(module, IFAMPartDiscovery):
             # PyTorch's default for a 1x1 projection, as in PDiscoFormer: prototypes comparable to unit-variance features
-            bound = 1 / math.sqrt(self.config.hidden_size)
+            bound = 1 / math.sqrt(module.prototypes.shape[1])
             init.uniform_(module.prototypes, -bound, bound)
 
 
@@ -325,20 +367,25 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_dinov2(cls, pretrained_model_name_or_path: str, **config_kwargs) -> "IFAMForImageClassification":
+    def from_dinov2(
+        cls, pretrained_model_name_or_path: str, stage1: str | None = None, **config_kwargs
+    ) -> "IFAMForImageClassification":
         """
         Build iFAM whose two stages both start from one DINOv2 (or DINOv2-with-registers) checkpoint, a hub id or a
-        local folder. `config_kwargs` set the iFAM options (`num_parts=`, `id2label=`, ...); the backbone's own
-        options (size, patch size, position table) come from the checkpoint.
+        local folder. `config_kwargs` set the iFAM options (`num_parts=`, `id2label=`, `stage1_image_size=`, ...); the
+        backbone's own options (size, patch size, position table) come from the checkpoint.
+
+        `stage1`: another DINOv2 checkpoint for stage 1's backbone (e.g. `"facebook/dinov2-small"` with
+        `"facebook/dinov2-base"` for stage 2); its config becomes `config.stage1_config`. By default (or when it
+        names the same checkpoint) both stages start from `pretrained_model_name_or_path`, as in the paper.
         """
-        model_type = AutoConfig.from_pretrained(pretrained_model_name_or_path).model_type
-        backbone_classes = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
-        if model_type not in backbone_classes:
-            raise ValueError(
-                f"{pretrained_model_name_or_path!r} is a {model_type!r} checkpoint; `from_dinov2` takes a DINOv2 or "
-                "DINOv2-with-registers checkpoint (load iFAM checkpoints with `from_pretrained`)."
-            )
-        backbone = backbone_classes[model_type].from_pretrained(pretrained_model_name_or_path)
+        backbone = cls._load_dinov2(pretrained_model_name_or_path)
+        stage1_backbone = None
+        if stage1 is not None and str(stage1) != str(pretrained_model_name_or_path):
+            if "stage1_config" in config_kwargs:
+                raise ValueError("Give either `stage1=` (a checkpoint) or `stage1_config=`, not both.")
+            stage1_backbone = cls._load_dinov2(stage1)
+            config_kwargs["stage1_config"] = stage1_backbone.config.to_dict()
         backbone_config = backbone.config.to_dict()
         inherited = {
             name: backbone_config[name]
@@ -351,10 +398,20 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
             raise ValueError(f"{clash} come from the DINOv2 checkpoint and cannot be overridden in `from_dinov2`.")
         config = IFAMConfig(**{**inherited, **config_kwargs})
         model = cls(config)
-        state = backbone.state_dict()
-        for stage in (model.stage1, model.stage2):
-            stage.backbone.load_state_dict(state)
+        model.stage2.backbone.load_state_dict(backbone.state_dict())
+        model.stage1.backbone.load_state_dict((stage1_backbone or backbone).state_dict())
         return model
+
+    @staticmethod
+    def _load_dinov2(name_or_path: str) -> Dinov2Model | Dinov2WithRegistersModel:
+        model_type = AutoConfig.from_pretrained(name_or_path).model_type
+        backbone_classes = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
+        if model_type not in backbone_classes:
+            raise ValueError(
+                f"{name_or_path!r} is a {model_type!r} checkpoint; `from_dinov2` takes DINOv2 or DINOv2-with-registers "
+                "checkpoints (load iFAM checkpoints with `from_pretrained`)."
+            )
+        return backbone_classes[model_type].from_pretrained(name_or_path)
 
     def forward(
         self,
@@ -384,6 +441,7 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         if kwargs:
             raise TypeError(f"IFAMForImageClassification.forward got unexpected arguments {sorted(kwargs)}.")
         num_patches = self._check_pixel_values(pixel_values)
+        grid = tuple(size // self.config.patch_size for size in pixel_values.shape[-2:])  # stage 2's patch grid
         stage1 = self.stage1(pixel_values)
 
         if token_mask is not None:
@@ -394,6 +452,7 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
                 stage1,
                 parts_to_drop=self.config.parts_to_drop if parts_to_drop is None else parts_to_drop,
                 thresholds=self._thresholds(token_removal_percentile, use_token_removal),
+                grid=grid,
             )
         logits = self.stage2(pixel_values, visible, weights)
 
@@ -419,9 +478,15 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         stage1: IFAMPartDiscoveryOutput,
         parts_to_drop: list[int] = (),
         thresholds: torch.Tensor | None = None,
+        grid: tuple[int, int] | None = None,
     ) -> tuple[torch.BoolTensor, torch.FloatTensor]:
         """
-        Discretize the part maps into the stage-2 token mask.
+        Discretize the part maps into the stage-2 token mask, on `grid` (stage 2's patch grid `(H, W)`; default:
+        stage 1's).
+
+        When stage 1's grid differs (`config.stage1_image_size`, another stage-1 patch size), its part probabilities
+        and distances are first brought to `grid` by bilinear interpolation (`resize_part_outputs`); the rule below
+        then applies on `grid` as it is. With equal grids nothing is resized (the paper's computation).
 
         A patch is visible when its argmax part is a kept foreground part; with `thresholds` (`[K]`), a patch farther
         from its part's prototype than that part's threshold goes to the background (token removal). In training, each
@@ -430,7 +495,8 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         Returns the hard mask `[B, N]` (bool) and its straight-through version `[B, N]` (float: hard values forward,
         gradient of the soft foreground probability backward; the soft probability itself with soft masks).
         """
-        part_maps = stage1.part_maps.flatten(2)  # [B, K+1, N]
+        part_maps, part_distances = self.part_maps_on_grid(stage1, grid, with_distances=thresholds is not None)
+        part_maps = part_maps.flatten(2)  # [B, K+1, N]
         batch_size, num_parts = part_maps.shape[0], part_maps.shape[1] - 1
         bad = [p for p in parts_to_drop if not 0 <= p < num_parts]
         if bad:
@@ -445,13 +511,25 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         assignment = part_maps.argmax(dim=1)  # [B, N]
         visible = keep.gather(1, assignment)
         if thresholds is not None:
-            distance = stage1.part_distances.flatten(2).gather(1, assignment[:, None]).squeeze(1)  # [B, N]
+            distance = part_distances.flatten(2).gather(1, assignment[:, None]).squeeze(1)  # [B, N]
             limit = F.pad(thresholds.to(distance), (0, 1), value=float("inf"))[assignment]
             visible &= distance <= limit
         soft_foreground = (part_maps * keep[..., None]).sum(dim=1)  # [B, N]
         if self.config.use_soft_masks:
             return visible, soft_foreground
         return visible, straight_through(visible, soft_foreground)
+
+    @staticmethod
+    def part_maps_on_grid(
+        stage1: IFAMPartDiscoveryOutput, grid: tuple[int, int] | None = None, with_distances: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Stage 1's part probabilities and squared distances (`[B, K+1, H, W]`) on `grid` (default: stage 1's own):
+        what `select_tokens` discretizes and token removal thresholds. Bilinear (`align_corners=False`) when the grids
+        differ; `stage1`'s tensors as they are otherwise.
+        """
+        grid = stage1.part_maps.shape[-2:] if grid is None else grid
+        return resize_part_outputs(stage1.part_maps, stage1.part_distances if with_distances else None, grid)
 
     def loss_terms(
         self,
@@ -513,6 +591,8 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
             )
         height, width = pixel_values.shape[-2:]
         patch = self.config.patch_size
+        if self.config.stage1_image_size is None:  # stage 1 sees the image as it is: its patches must tile it too
+            patch = math.lcm(patch, self.stage1.patch_size)
         if height % patch or width % patch:
             raise ValueError(
                 f"`pixel_values` of size {height}x{width} is not a multiple of the patch size {patch}; resize or crop "
