@@ -1,7 +1,9 @@
 """Inference and training throughput of iFAM against a plain DINOv2 classifier, measured side by side in one run.
 
     python benchmarks/throughput.py                       # ViT-S/14 at 224, batch 16, float32 (fits a 2-core CPU)
-    python benchmarks/throughput.py --size base --image-size 518 --dtype bfloat16 --device cuda   # the paper's setting
+    python benchmarks/throughput.py --size base --image-size 518 --dtype bfloat16 --device cuda \
+        --stage1-image-size 224                                                   # the paper's setting on a GPU
+    python benchmarks/throughput.py --only stage1_half stage1_small               # some groups only (see --only)
 
 Configurations, all with random weights and the selection fixed by `token_mask` (random weights select arbitrarily):
   (a) iFAM, stage 2 on the selected tokens only, packed (`stage2_inference="packed"`)
@@ -9,6 +11,12 @@ Configurations, all with random weights and the selection fixed by `token_mask` 
   (c) iFAM, stage 2 on every token with the masked attention (the training computation)
   (d) transformers' Dinov2ForImageClassification of the same size and resolution
 in two regimes: every image keeps 25% of its patches, and each image keeps a fraction drawn uniformly in [5%, 60%].
+A cheaper stage 1 (issue 16), measured in the same round-robin as (d):
+  (e) iFAM as (a) at 25%, stage 1 at half the image side (`stage1_image_size`, `--stage1-image-size` to change it)
+and, in a group of its own at the base size (`--stage1-small-batch-size`, default half the batch, for the CPU):
+  (f) iFAM with a ViT-S stage 1 and a ViT-B stage 2, packed, 25% kept (`stage1_config`)
+  (g) iFAM with both stages ViT-B, packed, 25% kept (the paper's layout at that size)
+  (h) Dinov2ForImageClassification ViT-B.
 Also one training step (the paper's recipe: stage-1 backbone frozen but for its tokens, the full objective) of (a)
 with `stage2_training="packed"`, of (c) (the default full-length masked training), and of (d).
 Ratios are computed between figures of the same run, so they hold on a noisy machine.
@@ -33,6 +41,9 @@ SIZES = {
 }
 
 
+GROUPS = ("main", "stage1_half", "stage1_small", "train")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=SIZES, default="small")
@@ -47,6 +58,13 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true", help="torch.compile the models (eval mode).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="Write the figures and ratios here.")
+    parser.add_argument("--stage1-image-size", type=int, default=None,
+                        help="Stage 1's resolution in configuration (e) (default: half the image side, a multiple of 14).")
+    parser.add_argument("--stage1-small-batch-size", type=int, default=None,
+                        help="Batch of the ViT-S/ViT-B group (f-h) (default: half of --batch-size).")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS),
+                        help="Measure these groups only: main (a-d and the stage-2-only steps), stage1_half (e, with "
+                        "d), stage1_small (f-h), train (the training steps).")
     return parser.parse_args(argv)
 
 
@@ -128,8 +146,13 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     backbone = dict(**SIZES[args.size], image_size=args.image_size, patch_size=14, num_labels=200)
     ifam = IFAMForImageClassification(IFAMConfig(**backbone, num_parts=args.num_parts)).to(device).eval()
+    stage1_side = args.stage1_image_size or max(14, args.image_size // 2 // 14 * 14)
+    ifam_half = IFAMForImageClassification(
+        IFAMConfig(**backbone, num_parts=args.num_parts, stage1_image_size=stage1_side)
+    ).to(device).eval()
     dinov2 = Dinov2ForImageClassification(Dinov2Config(**backbone)).to(device).eval()
     run_ifam = torch.compile(ifam) if args.compile else ifam
+    run_ifam_half = torch.compile(ifam_half) if args.compile else ifam_half
     run_dinov2 = torch.compile(dinov2) if args.compile else dinov2
 
     generator = torch.Generator().manual_seed(args.seed)
@@ -147,13 +170,14 @@ def main(argv=None) -> dict:
     ]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
-    def inference(model, mode=None, token_masks=None):
+    def inference(model, mode=None, token_masks=None, config=None):
         calls = iter(range(10**9))
+        config = config or ifam.config
 
         def step():
             kwargs = {}
             if mode is not None:
-                ifam.config.stage2_inference = mode
+                config.stage2_inference = mode
                 kwargs["token_mask"] = token_masks[next(calls) % len(token_masks)]
             with torch.inference_mode(), autocast:
                 model(pixel_values, **kwargs)
@@ -168,19 +192,66 @@ def main(argv=None) -> dict:
                 ifam.stage2(pixel_values, mask, weights)
         return step
 
-    figures = {"setting": {**vars(args), "json": str(args.json), "machine": machine(device)}}
-    steps = {"d_dinov2": inference(run_dinov2)}
-    for regime, masks in (("25", [regimes["25"]]), ("varied", varied_draws)):
-        for label, mode in (("a_packed", "packed"), ("b_padded", "padded"), ("c_masked", "masked")):
-            steps[f"{label}_{regime}"] = inference(run_ifam, mode=mode, token_masks=masks)
-    steps["stage2_packed_25"] = stage2_only(regimes["25"])
-    steps["stage2_packed_100"] = stage2_only(regimes["100"])
+    figures = {"setting": {**vars(args), "json": str(args.json), "machine": machine(device),
+                           "stage1_image_size_e": stage1_side}}
+    steps = {"d_dinov2": inference(run_dinov2)} if {"main", "stage1_half"} & set(args.only) else {}
+    if "main" in args.only:
+        for regime, masks in (("25", [regimes["25"]]), ("varied", varied_draws)):
+            for label, mode in (("a_packed", "packed"), ("b_padded", "padded"), ("c_masked", "masked")):
+                steps[f"{label}_{regime}"] = inference(run_ifam, mode=mode, token_masks=masks)
+        steps["stage2_packed_25"] = stage2_only(regimes["25"])
+        steps["stage2_packed_100"] = stage2_only(regimes["100"])
+    if "stage1_half" in args.only:
+        steps["e_packed_25_stage1_half"] = inference(run_ifam_half, "packed", [regimes["25"]], ifam_half.config)
     common = dict(device=device, warmup=args.warmup, repeats=args.repeats, batch_size=batch)
     results = figures["results"] = measure_all(steps, **common)
+    if "stage1_small" in args.only:
+        results.update(measure_stage1_small(args, device, autocast, generator))
 
     # One training step of each (forward, the full objective, backward, optimizer step) at 25% selection: iFAM with the
     # token-only stage 2 (`stage2_training="packed"`), iFAM with the full-length masked stage 2 (the default), DINOv2.
-    labels = torch.randint(0, 200, (batch,), generator=generator).to(device)
+    if "train" in args.only:
+        results.update(measure_training(ifam, dinov2, pixel_values, regimes["25"], autocast, generator, common))
+    figures["ratios"] = ratios(results)
+    print(table(figures))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def measure_stage1_small(args, device, autocast, generator) -> dict:
+    """(f) ViT-S stage 1 + ViT-B stage 2, (g) ViT-B both stages, (h) DINOv2 ViT-B: packed, 25% kept, own batch size."""
+    batch = args.stage1_small_batch_size or max(1, args.batch_size // 2)
+    base = dict(**SIZES["base"], image_size=args.image_size, patch_size=14, num_labels=200)
+    stage1 = dict(model_type="dinov2", **SIZES["small"], image_size=args.image_size, patch_size=14)
+    models = {
+        "f_packed_25_stage1_small": IFAMForImageClassification(
+            IFAMConfig(**base, num_parts=args.num_parts, stage1_config=stage1)),
+        "g_packed_25_base": IFAMForImageClassification(IFAMConfig(**base, num_parts=args.num_parts)),
+        "h_dinov2_base": Dinov2ForImageClassification(Dinov2Config(**base)),
+    }
+    num_patches = (args.image_size // 14) ** 2
+    pixel_values = torch.randn(batch, 3, args.image_size, args.image_size, generator=generator).to(device)
+    token_mask = token_masks(batch, num_patches, torch.full((batch,), 0.25), generator).to(device)
+
+    def step_of(model):
+        model = model.to(device).eval()
+        run = torch.compile(model) if args.compile else model
+        kwargs = {} if isinstance(model, Dinov2ForImageClassification) else {"token_mask": token_mask}
+
+        def step():
+            with torch.inference_mode(), autocast:
+                run(pixel_values, **kwargs)
+        return step
+
+    steps = {name: step_of(model) for name, model in models.items()}
+    return measure_all(steps, device=device, warmup=args.warmup, repeats=args.repeats, batch_size=batch)
+
+
+def measure_training(ifam, dinov2, pixel_values, token_mask, autocast, generator, common) -> dict:
+    batch = pixel_values.shape[0]
+    labels = torch.randint(0, 200, (batch,), generator=generator).to(pixel_values.device)
     ifam.train()
     set_trainable(ifam, freeze_stage1_backbone=True, freeze_stage2_backbone=False)
     dinov2.train()
@@ -198,33 +269,42 @@ def main(argv=None) -> dict:
             optimizer.zero_grad(set_to_none=True)
         return step
 
-    results.update(measure_all({
-        "a_train_step": train_step(ifam, "packed", token_mask=regimes["25"]),
-        "c_train_step_masked": train_step(ifam, "masked", token_mask=regimes["25"]),
+    return measure_all({
+        "a_train_step": train_step(ifam, "packed", token_mask=token_mask),
+        "c_train_step_masked": train_step(ifam, "masked", token_mask=token_mask),
         "d_train_step": train_step(dinov2),
-    }, **common))
+    }, **common)
+
+
+def ratios(results: dict) -> dict:
+    """The ratios whose figures were all measured (in one round-robin group each)."""
 
     def ips(name):
         return results[name]["images_per_second"]
 
-    figures["ratios"] = {
-        "inference_ratio_vs_dinov2": ips("a_packed_25") / ips("d_dinov2"),
-        "inference_ratio_vs_dinov2_varied": ips("a_packed_varied") / ips("d_dinov2"),
-        "padded_ratio_vs_dinov2_varied": ips("b_padded_varied") / ips("d_dinov2"),
-        "packed_vs_padded_varied": ips("a_packed_varied") / ips("b_padded_varied"),
-        "packed_vs_masked_25": ips("a_packed_25") / ips("c_masked_25"),
-        "stage2_ratio_25_vs_100": results["stage2_packed_25"]["seconds_per_batch"]
-        / results["stage2_packed_100"]["seconds_per_batch"],
-        "train_step_ratio_vs_dinov2": results["a_train_step"]["seconds_per_batch"]
-        / results["d_train_step"]["seconds_per_batch"],
-        "train_step_ratio_vs_dinov2_masked": results["c_train_step_masked"]["seconds_per_batch"]
-        / results["d_train_step"]["seconds_per_batch"],
+    def seconds(name):
+        return results[name]["seconds_per_batch"]
+
+    formulas = {
+        "inference_ratio_vs_dinov2": lambda: ips("a_packed_25") / ips("d_dinov2"),
+        "inference_ratio_vs_dinov2_varied": lambda: ips("a_packed_varied") / ips("d_dinov2"),
+        "padded_ratio_vs_dinov2_varied": lambda: ips("b_padded_varied") / ips("d_dinov2"),
+        "packed_vs_padded_varied": lambda: ips("a_packed_varied") / ips("b_padded_varied"),
+        "packed_vs_masked_25": lambda: ips("a_packed_25") / ips("c_masked_25"),
+        "stage2_ratio_25_vs_100": lambda: seconds("stage2_packed_25") / seconds("stage2_packed_100"),
+        "train_step_ratio_vs_dinov2": lambda: seconds("a_train_step") / seconds("d_train_step"),
+        "train_step_ratio_vs_dinov2_masked": lambda: seconds("c_train_step_masked") / seconds("d_train_step"),
+        "inference_ratio_vs_dinov2_stage1_half": lambda: ips("e_packed_25_stage1_half") / ips("d_dinov2"),
+        "inference_ratio_vs_dinov2_stage1_small": lambda: ips("f_packed_25_stage1_small") / ips("h_dinov2_base"),
+        "inference_ratio_vs_dinov2_base_same_size_stages": lambda: ips("g_packed_25_base") / ips("h_dinov2_base"),
     }
-    print(table(figures))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return figures
+    values = {}
+    for name, formula in formulas.items():
+        try:
+            values[name] = formula()
+        except KeyError:  # a group not measured (--only)
+            pass
+    return values
 
 
 def machine(device: torch.device) -> str:
