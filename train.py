@@ -45,7 +45,7 @@ def build_model(args, id2label: dict[int, str]) -> IFAMForImageClassification | 
         return Dinov2ForImageClassification.from_pretrained(args.model_name_or_path, id2label=id2label)
     ifam_options = dict(
         num_parts=args.num_parts, part_dropout=args.part_dropout, part_dropout_stage2=args.part_dropout_stage2,
-        use_soft_masks=args.use_soft_masks, id2label=id2label,
+        use_soft_masks=args.use_soft_masks, id2label=id2label, stage1_image_size=args.stage1_image_size,
         **{name: getattr(args, name) for name in IFAMConfig.__dataclass_fields__ if name.endswith("_loss_weight")},
     )
     if args.model_name_or_path is None:
@@ -59,7 +59,8 @@ def build_model(args, id2label: dict[int, str]) -> IFAMForImageClassification | 
                 f"{args.model_name_or_path} was trained on labels {model.config.id2label}, the data has {id2label}."
             )
         return model
-    return IFAMForImageClassification.from_dinov2(args.model_name_or_path, **ifam_options)
+    return IFAMForImageClassification.from_dinov2(
+        args.model_name_or_path, stage1=args.stage1_model_name_or_path, **ifam_options)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,6 +22,12 @@ Regimes: "ood" (CUB -> Waterbird200 analogue: backgrounds independent of the cla
 among them line textures that resemble the class stripes) and "correlated" (Waterbirds analogue: each class on its own
 background kind 95% of the time in training, balanced test).
 
+`--stage1_rows add|only` (issue 16, a cheaper stage 1): in the ood regime, iFAM K = 1 at 112 px (16 x 16 patches) with
+stage 1 at full resolution and with stage 1 at half resolution (56 px, 8 x 8 patches; `--stage1_image_size 56`), both
+from a backbone pretrained on the 112-px images, with the inference throughput of each against a
+`Dinov2ForImageClassification` of the same size and resolution (random weights, measured round-robin in the same
+process, so the ratio holds on a shared machine but not the absolute images/s).
+
 Writes `results/synthetic.json` (one row per regime and method: mean and std over seeds, accuracies in percent) and
 `results/synthetic.md` (`synthetic_quick.*` with `--quick`).
 """
@@ -62,6 +68,14 @@ METHODS = {  # name: (K, train.py options)
     "early mask, central block": (1, ["--num_parts", "1", "--token_mask_source", "center", *STAGE1_OFF]),
 }
 METRICS = ("average_accuracy", "worst_group_accuracy", "fg_miou")
+# issue 16: stage 1 at half resolution, beside full resolution, at an image size where both grids are meaningful
+STAGE1_ROWS_IMAGE_SIZE = 112
+STAGE1_ROWS = {  # name: train.py options (K = 1, the ood regime)
+    f"iFAM K=1 @{STAGE1_ROWS_IMAGE_SIZE} px": ["--num_parts", "1"],
+    f"iFAM K=1 @{STAGE1_ROWS_IMAGE_SIZE} px, stage 1 @{STAGE1_ROWS_IMAGE_SIZE // 2} px": [
+        "--num_parts", "1", "--stage1_image_size", str(STAGE1_ROWS_IMAGE_SIZE // 2)],
+}
+EXTRA_METRICS = ("throughput_ratio_vs_dinov2",)
 
 
 def parse(argv=None):
@@ -78,44 +92,49 @@ def parse(argv=None):
     parser.add_argument("--jobs", type=int, default=2,
                         help="(regime, seed) pairs trained at once, in separate processes sharing the CPU cores "
                         "(measured on 2 cores: two one-thread processes finish the same runs in 26%% less time than one).")
+    parser.add_argument("--stage1_rows", choices=["off", "add", "only"], default="off",
+                        help="The cheaper-stage-1 rows (ood regime, 112 px): beside the table, or alone.")
     parser.add_argument("--work_dir", type=Path, default=ROOT / "outputs" / "experiments")
     parser.add_argument("--results_dir", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.regimes = args.regimes or (["ood"] if args.quick else ["ood", "correlated"])
+    args.regimes = args.regimes or (["ood"] if args.quick or args.stage1_rows == "only" else ["ood", "correlated"])
     args.parts = args.parts or ([2] if args.quick else [1, 2, 4])
     # finished runs are reused, so their folder names the settings they were trained with
     args.work_dir = args.work_dir / f"pretrain{args.pretrain_epochs}_epochs{args.epochs}_train{args.num_train}"
     return args
 
 
-def benchmark(regime: str, num_train: int, seed: int):
+def benchmark(regime: str, num_train: int, seed: int, image_size: int = 56):
     """The built-in benchmark's `DatasetDict` exactly as train.py loads it for these settings (cached on disk)."""
+    size = [] if image_size == 56 else ["--image_size", str(image_size)]
     return load_training_data(parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(num_train),
-                                          "--seed", str(seed)]))
+                                          "--seed", str(seed), *size]))
 
 
-def pretrained_backbone(args, regime: str, seed: int) -> str:
-    """The regime's self-supervised backbone for this seed (cached in the work dir)."""
-    folder = args.work_dir / regime / f"seed{seed}" / "pretrained"
+def pretrained_backbone(args, regime: str, seed: int, image_size: int = 56) -> str:
+    """The regime's self-supervised backbone for this seed, pretrained at `image_size` (cached in the work dir)."""
+    folder = args.work_dir / regime / f"seed{seed}" / ("pretrained" if image_size == 56 else f"pretrained{image_size}")
     if (folder / "config.json").is_file():
         return str(folder)
-    data = benchmark(regime, args.num_train, seed)["train"]
-    images = torch.cat([batch["pixel_values"] for batch in eval_dataloader(data, dinov2_processor(56), 256)])
-    config = Dinov2Config(**train.SMALL_BACKBONE, patch_size=7, image_size=56)
+    data = benchmark(regime, args.num_train, seed, image_size)["train"]
+    images = torch.cat([batch["pixel_values"] for batch in eval_dataloader(data, dinov2_processor(image_size), 256)])
+    config = Dinov2Config(**train.SMALL_BACKBONE, patch_size=7, image_size=image_size)
     pretrain(images, config, folder, epochs=args.pretrain_epochs, seed=seed)
     return str(folder)
 
 
-def run(args, regime: str, seed: int, name: str, options: list[str]) -> Path:
-    folder = args.work_dir / regime / f"seed{seed}" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+def run(args, regime: str, seed: int, name: str, options: list[str], image_size: int = 56) -> Path:
+    folder = args.work_dir / regime / f"seed{seed}" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("@", "at")
     if not (folder / "metrics.json").is_file():
-        start = ["--model_name_or_path", pretrained_backbone(args, regime, seed)] if args.pretrain_epochs else []
+        start = ["--model_name_or_path", pretrained_backbone(args, regime, seed, image_size)] \
+            if args.pretrain_epochs else []
+        size = [] if image_size == 56 else ["--image_size", str(image_size)]
         train.main([
             *start, "--backbone_learning_rate", str(args.backbone_learning_rate),
             "--synthetic_regime", regime, "--synthetic_num_train", str(args.num_train), "--seed", str(seed),
             "--num_train_epochs", str(args.epochs), "--output_dir", str(folder), "--checkpointing_steps", "100000",
-            *options,
+            *size, *options,
         ])
     return folder
 
@@ -123,14 +142,49 @@ def run(args, regime: str, seed: int, name: str, options: list[str]) -> Path:
 def evaluate_split(folder: Path, regime: str, seed: int, split: str, args, **forward_kwargs):
     """Test metrics of a trained iFAM folder, also with interventions or its stage-1 predictions."""
     model = IFAMForImageClassification.from_pretrained(folder).eval()
-    loader = eval_dataloader(benchmark(regime, args.num_train, seed)[split], dinov2_processor(56), 256)
+    size = model.config.image_size
+    loader = eval_dataloader(benchmark(regime, args.num_train, seed, size)[split], dinov2_processor(size), 256)
     return model, loader
+
+
+def stage1_rows(args, regime: str, seed: int, accelerator) -> dict[str, dict]:
+    """
+    Issue 16: iFAM K = 1 at 112 px with stage 1 at full and at half resolution: test metrics and the inference
+    throughput of each against `Dinov2ForImageClassification` of the same size at 112 px (one round-robin timing).
+    """
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from throughput import measure_all
+    from transformers import Dinov2ForImageClassification
+
+    size, rows, steps, batch = STAGE1_ROWS_IMAGE_SIZE, {}, {}, 64
+    pixel_values = None
+    for label, options in STAGE1_ROWS.items():
+        folder = run(args, regime, seed, label, options, image_size=size)
+        metrics = json.loads((folder / "metrics.json").read_text())["test"]
+        rows[label] = {"K": 1, **{m: 100 * metrics[m] for m in METRICS if m in metrics}}
+        model, loader = evaluate_split(folder, regime, seed, "test", args)
+        if pixel_values is None:
+            pixel_values = next(iter(loader))["pixel_values"][:batch]
+            dinov2 = Dinov2ForImageClassification(Dinov2Config(**train.SMALL_BACKBONE, patch_size=7, image_size=size,
+                                                               num_labels=model.config.num_labels)).eval()
+            steps["dinov2"] = lambda m=dinov2: m(pixel_values)
+        steps[label] = lambda m=model: m(pixel_values)  # its own stage-1 selection
+    with torch.inference_mode():
+        timing = measure_all(steps, device=torch.device("cpu"), warmup=2, repeats=9, batch_size=len(pixel_values))
+    for label in STAGE1_ROWS:
+        rows[label]["throughput_ratio_vs_dinov2"] = (
+            timing[label]["images_per_second"] / timing["dinov2"]["images_per_second"])
+    return rows
 
 
 def rows_for_seed(args, regime: str, seed: int) -> dict[str, dict]:
     """metrics (in %) per method name for one seed."""
     rows = {}
     accelerator = Accelerator()
+    if args.stage1_rows != "off" and regime == "ood":
+        rows.update(stage1_rows(args, regime, seed, accelerator))
+    if args.stage1_rows == "only":
+        return rows
     for name, (k, options) in METHODS.items():
         variants = [(f"iFAM K={part}", part, ["--num_parts", str(part)]) for part in args.parts] if name == "iFAM" \
             else [(name, k, options)]
@@ -170,7 +224,7 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
     for method in per_seed[0]:
         runs = [seed_rows[method] for seed_rows in per_seed]
         row = {"method": method, "K": runs[0]["K"]}
-        for metric in METRICS:
+        for metric in METRICS + EXTRA_METRICS:
             values = [r[metric] for r in runs if metric in r]
             if values:
                 row[metric] = {"mean": statistics.fmean(values),
@@ -182,10 +236,14 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
 def markdown(table: dict[str, list[dict]], seeds: int) -> str:
     lines = []
     for regime, rows in table.items():
+        extra = [m for m in EXTRA_METRICS if any(m in row for row in rows)]
+        header = "| method | K | average accuracy | worst-group accuracy | foreground mIoU |"
+        header += "".join(f" {m.replace('_', ' ')} |" for m in extra)
         lines += [f"### Regime `{regime}` ({seeds} seed{'s' * (seeds > 1)}, test split, %)", "",
-                  "| method | K | average accuracy | worst-group accuracy | foreground mIoU |", "|---|---|---|---|---|"]
+                  header, "|---" * (5 + len(extra)) + "|"]
         for row in rows:
             cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS]
+            cells += [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" if m in row else "–" for m in extra]
             lines.append(f"| {row['method']} | {row['K'] if row['K'] is not None else '–'} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -212,6 +270,8 @@ def main(argv=None):
 def write(args, table):
     args.results_dir.mkdir(parents=True, exist_ok=True)
     name = "synthetic_quick" if args.quick else "synthetic"
+    if args.stage1_rows == "only":
+        name = "synthetic_stage1" + "_quick" * args.quick
     rows = [{"regime": regime, **row} for regime, rows in table.items() for row in rows]
     (args.results_dir / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.results_dir / f"{name}.md").write_text(markdown(table, len(args.seeds)))

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--part_dropout", type=float, default=0.3)
     model.add_argument("--part_dropout_stage2", type=float, default=0.3)
     model.add_argument("--use_soft_masks", action="store_true")
+    model.add_argument("--stage1_image_size", type=int, default=None,
+                       help="Stage 1 sees the image resized to this side (a cheaper stage 1; default: the image's).")
+    model.add_argument("--stage1_model_name_or_path", type=str, default=None,
+                       help="Another DINOv2 checkpoint for stage 1 (e.g. a smaller one; with --model_name_or_path).")
     model.add_argument("--freeze_stage1_backbone", action=argparse.BooleanOptionalAction, default=None,
                        help="Freeze stage 1's backbone but for its CLS, register and position tokens (default: on "
                        "from a pretrained backbone, off from scratch).")

@@ -368,6 +368,14 @@ def convert_reference_state_dict(
     """
     if source not in SOURCES:
         raise ValueError(f"`source` must be one of {SOURCES}, got {source!r}.")
+    if getattr(config, "stage1_config", None) is not None:
+        # TODO(issue 16, for the converter's owner): a stage 1 of another size (e.g. PDiscoFormer-small with a
+        # DINOv2-base stage 2) needs (1) the stage-1 head and timm-embedding conversions to read
+        # `config.stage1_backbone_config` (hidden size, registers, SwiGLU, position table) instead of `config`, and
+        # (2) stage 2's backbone from a DINOv2 checkpoint (a new option) instead of the copy of stage 1's below.
+        # `IFAMForImageClassification.from_dinov2(stage2, stage1=...)` already builds DINOv2 -> iFAM with two sizes.
+        raise NotImplementedError("Converting into a model with a separate stage-1 backbone (`stage1_config`) is not "
+                                  "supported yet; convert with equal stages, or build with `from_dinov2(stage1=...)`.")
     raw = unwrap_checkpoint(state_dict)
     if source == "auto":
         source = detect_source(raw)

@@ -350,3 +350,12 @@ def test_from_dinov2_with_a_smaller_stage1(tmp_path, images, stage1_registers):
 
     same = IFAMForImageClassification.from_dinov2(str(tmp_path / "base"), stage1=str(tmp_path / "base"), num_parts=2)
     assert same.config.stage1_config is None  # the same checkpoint: the paper's layout
+
+
+def test_converter_refuses_a_separate_stage1_backbone_clearly():
+    """Converting PDiscoFormer-small + DINOv2-base is not supported yet (TODO in convert_reference): a clear error."""
+    from modeling_ifam.convert_reference import convert_reference_state_dict
+
+    config = tiny_config(stage1_config=SMALL_STAGE1)
+    with pytest.raises(NotImplementedError, match="separate stage-1 backbone"):
+        convert_reference_state_dict({}, config)
