@@ -149,7 +149,8 @@ def _carve_validation(dd: DatasetDict, fraction: float, source: str, seed: int,
     out = dict(dd)
     out[source] = parts["train"]
     out["validation"] = parts["test"]
-    order = [s for s in ("train", "validation", "test") if s in out] + [s for s in out if s not in ("train", "validation", "test")]
+    standard = ("train", "validation", "test")
+    order = [s for s in standard if s in out] + [s for s in out if s not in standard]
     return DatasetDict({s: out[s] for s in order})
 
 
@@ -225,7 +226,9 @@ def load_waterbirds(data_dir: str, image_subdir: str = WATERBIRDS_SUBDIR, mask_s
     mask_root = _resolve_mask_root(root, mask_subdir) if mask_subdir else None
 
     split_names = {0: "train", 1: "validation", 2: "test"}
-    cols: Dict[str, Dict[str, list]] = {s: {"image": [], "label": [], "place": [], "group": []} for s in split_names.values()}
+    cols: Dict[str, Dict[str, list]] = {
+        s: {"image": [], "label": [], "place": [], "group": []} for s in split_names.values()
+    }
     for r in rows:
         s = _to_int(r["split"], meta_path, "split")
         if s not in split_names:
@@ -719,7 +722,7 @@ def load_generic(dataset_name: Optional[str] = None, train_dir: Optional[str] = 
         renames.append((group_column_name, "group"))
     out = {}
     for split, ds in dd.items():
-        for src, dst in renames:
+        for src, _ in renames:
             if src not in ds.column_names:
                 raise ValueError(f"{origin}: split {split!r} has no column {src!r} "
                                  f"(columns: {ds.column_names}); set the matching *_column_name argument")

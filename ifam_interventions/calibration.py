@@ -1,4 +1,5 @@
-"""Calibration of the token-removal intervention (paper, section 3.4) and the per-part statistics published with a model.
+"""Calibration of the token-removal intervention (paper, section 3.4) and the per-part statistics published with a
+model.
 
 For every foreground part k, the squared distance to prototype k of the tokens assigned to k over a data split (the
 training set by default); tau_k^q is its q-th percentile. At inference, tokens of part k farther than tau_k^q from the
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from modeling_ifam import IFAMForImageClassification, write_remote_code
+from modeling_ifam import IFAMForImageClassification
 
 STATISTICS_FILE = "part_statistics.json"
 
@@ -100,18 +101,16 @@ def _key(percentile: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Calibrate a trained model folder in place: thresholds into config.json, statistics into part_statistics.json."""
-    import argparse
+    from ifam_interventions.cli import build_parser, load_model, split_dataloader
 
-    from ifam_interventions.cli import add_model_and_data_arguments, load_model, split_dataloader
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    add_model_and_data_arguments(parser, default_split="train")
-    parser.add_argument("--percentiles", type=float, nargs="+", default=[97.0, 99.0])
-    args = parser.parse_args(argv)
+    parser = build_parser(main.__doc__, default_split="train")
+    parser.add_argument("--calibration_percentiles", "--calibration-percentiles", "--percentiles", type=float,
+                        nargs="+", default=[97.0, 99.0])
+    data_args, args = parser.parse_args_into_dataclasses(argv)
     model = load_model(args.model_name_or_path)
-    statistics = calibrate_token_removal(model, split_dataloader(args, model), tuple(args.percentiles))
-    model.config.save_pretrained(args.model_name_or_path)
-    write_remote_code(args.model_name_or_path)  # keeps config.json's auto_map
+    statistics = calibrate_token_removal(model, split_dataloader(data_args, args, model),
+                                         tuple(args.calibration_percentiles))
+    model.config.save_pretrained(args.model_name_or_path)  # with its `auto_map` and configuration code
     path = save_statistics(statistics, args.model_name_or_path)
     print(json.dumps(model.config.part_distance_thresholds, indent=2))
     print("written:", Path(args.model_name_or_path) / "config.json", path)

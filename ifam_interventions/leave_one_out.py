@@ -4,13 +4,13 @@ token-removal thresholds on top; the table is written as JSON and Markdown.
     python -m ifam_interventions.leave_one_out --model_name_or_path outputs/synthetic --split test
 """
 
-import argparse
 import json
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from ifam_train.evaluation import compute_metrics, predict
+from ifam_train.reporting import markdown_table as _markdown_table
 from modeling_ifam import IFAMForImageClassification
 
 TABLE_FILE = "leave_one_out"
@@ -54,12 +54,9 @@ def markdown_table(rows: list[dict]) -> str:
     """Metrics in percent; the difference to the row without intervention in parentheses."""
     columns = [c for c in COLUMNS if c in rows[0]]
     base = rows[0]
-    lines = ["| intervention | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [f"{100 * row[c]:.1f}" + ("" if row is base else f" ({100 * (row[c] - base[c]):+.1f})")
-                 for c in columns]
-        lines.append(f"| {row_label(row)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [[row_label(row)] + [f"{100 * row[c]:.1f}" + ("" if row is base else f" ({100 * (row[c] - base[c]):+.1f})")
+                                 for c in columns] for row in rows]
+    return _markdown_table(["intervention", *columns], cells) + "\n"
 
 
 def write_table(rows: list[dict], folder: str | Path) -> tuple[Path, Path]:
@@ -72,20 +69,20 @@ def write_table(rows: list[dict], folder: str | Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from ifam_interventions.cli import add_model_and_data_arguments, load_model, split_dataloader
+    """The command line: the table of a model folder on a split, written beside the model (or to `--output_dir`)."""
+    from ifam_interventions.cli import build_parser, load_model, split_dataloader
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_and_data_arguments(parser)
+    parser = build_parser(__doc__)
     parser.add_argument("--percentiles", type=float, nargs="*", default=None,
                         help="Token-removal percentiles to add on top (default: every calibrated one).")
-    parser.add_argument("--output_dir", type=str, default=None, help="Default: the model folder.")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output_dir", "--output-dir", type=str, default=None, help="Default: the model folder.")
+    data_args, args = parser.parse_args_into_dataclasses(argv)
     model = load_model(args.model_name_or_path)
     percentiles = args.percentiles if args.percentiles is not None else sorted(
         float(q) for q in model.config.part_distance_thresholds)
     accelerator = Accelerator()
-    loader = accelerator.prepare(split_dataloader(args, model))
-    rows = leave_one_out(model, loader, accelerator, percentiles, worst_group_auc=args.dataset_name == "siim_acr")
+    loader = accelerator.prepare(split_dataloader(data_args, args, model))
+    rows = leave_one_out(model, loader, accelerator, percentiles, worst_group_auc=data_args.dataset_name == "siim_acr")
     if accelerator.is_main_process:
         paths = write_table(rows, args.output_dir or args.model_name_or_path)
         print(markdown_table(rows))

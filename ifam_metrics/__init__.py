@@ -58,7 +58,7 @@ def metric_path(name: str) -> str:
     return path
 
 
-def load_metric(name: str, **kwargs: Any) -> "evaluate.EvaluationModule":
+def load_metric(name: str, **kwargs: Any) -> evaluate.EvaluationModule:
     """Load one of the project's metrics (see :data:`METRIC_NAMES`) fully offline.
 
     ``kwargs`` are forwarded to :func:`evaluate.load` (e.g. ``keep_in_memory=True``,

@@ -1,25 +1,18 @@
 """Turning a benchmark's `DatasetDict` into model inputs: the image processor's geometry, plus masks and groups."""
 
+import os
+
 import numpy as np
 import torch
+from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import BitImageProcessor
-from transformers.image_transforms import center_crop, resize
-from transformers.image_utils import ChannelDimension, PILImageResampling
 from transformers.image_processing_utils import get_size_dict
-from transformers.image_transforms import get_resize_output_image_size
+from transformers.image_transforms import center_crop, get_resize_output_image_size, resize
+from transformers.image_utils import ChannelDimension, PILImageResampling
 
 
-def dinov2_processor(image_size: int) -> BitImageProcessor:
-    """DINOv2's preprocessing (resize the short side by 256/224, centre crop, ImageNet normalization) at a size."""
-    return BitImageProcessor(
-        size={"shortest_edge": round(image_size * 256 / 224)},
-        crop_size={"height": image_size, "width": image_size},
-        resample=PILImageResampling.BICUBIC,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-        do_convert_rgb=True,
-    )
+from .arguments import DataArguments
 
 
 class BatchTransform:
@@ -99,39 +92,49 @@ def eval_dataloader(dataset, processor: BitImageProcessor, batch_size: int, num_
                       collate_fn=collate, num_workers=num_workers)
 
 
-def load_training_data(args):
-    """The `DatasetDict` that train.py trains on: the built-in benchmark, a paper benchmark, or a Hub/imagefolder."""
-    import os
+def load_training_data(data_args: DataArguments, seed: int = 0) -> DatasetDict:
+    """
+    The `DatasetDict` to train or evaluate on: the built-in benchmark, a paper benchmark, or a Hub/imagefolder dataset.
 
-    if args.dataset_name == "synthetic":
+    Args:
+        data_args (`DataArguments`):
+            Which data, and the limits on its splits.
+        seed (`int`, *optional*, defaults to 0):
+            The synthetic benchmark's seed, and the one the split limits shuffle with.
+
+    Returns:
+        `DatasetDict` with a `train` split.
+    """
+    if data_args.dataset_name == "synthetic":
         from ifam_data.synthetic import make_synthetic_benchmark
 
         data = make_synthetic_benchmark(
-            regime=args.synthetic_regime, num_train=args.synthetic_num_train, image_size=args.image_size or 56,
-            patch_size=args.patch_size, seed=args.seed,
+            regime=data_args.synthetic_regime, num_train=data_args.synthetic_num_train,
+            image_size=data_args.image_size or 56, patch_size=data_args.patch_size, seed=seed,
             cache_dir=os.path.join(os.path.expanduser("~"), ".cache", "ifam", "synthetic"),
         )
-        return _limit(data, args)
+        return _limit(data, data_args, seed)
 
     from ifam_data.benchmarks import BENCHMARKS, load_benchmark, load_generic
 
-    if args.dataset_name in BENCHMARKS and args.train_dir is None:
-        if args.data_dir is None:
-            raise ValueError(f"--dataset_name {args.dataset_name} needs --data_dir (the benchmark's raw layout).")
-        data = load_benchmark(args.dataset_name, args.data_dir)
+    if data_args.dataset_name in BENCHMARKS and data_args.train_dir is None:
+        if data_args.data_dir is None:
+            raise ValueError(f"--dataset_name {data_args.dataset_name} needs --data_dir (the benchmark's raw layout).")
+        data = load_benchmark(data_args.dataset_name, data_args.data_dir)
     else:
         data = load_generic(
-            dataset_name=None if args.train_dir else args.dataset_name, train_dir=args.train_dir,
-            validation_dir=args.validation_dir, image_column_name=args.image_column_name,
-            label_column_name=args.label_column_name, group_column_name=args.group_column_name,
+            dataset_name=None if data_args.train_dir else data_args.dataset_name, train_dir=data_args.train_dir,
+            validation_dir=data_args.validation_dir, image_column_name=data_args.image_column_name,
+            label_column_name=data_args.label_column_name, group_column_name=data_args.group_column_name,
         )
-    return _limit(data, args)
+    return _limit(data, data_args, seed)
 
 
-def _limit(data, args):
+def _limit(data: DatasetDict, data_args: DataArguments, seed: int) -> DatasetDict:
     if "train" not in data:
         raise ValueError(f"The data has no 'train' split (splits: {list(data)}).")
-    for split, limit in [("train", args.max_train_samples)] + [(s, args.max_eval_samples) for s in data if s != "train"]:
+    limits = [("train", data_args.max_train_samples)] + [(s, data_args.max_eval_samples) for s in data if s != "train"]
+    for split, limit in limits:
         if limit is not None and limit < len(data[split]):
-            data[split] = data[split].shuffle(seed=args.seed).select(range(limit))
+            data[split] = data[split].shuffle(seed=seed).select(range(limit))
     return data

@@ -9,7 +9,9 @@ from modeling_ifam import IFAMForImageClassification
 TOKEN_NAMES = ("cls_token", "register_tokens", "position_embeddings")
 
 
-def set_trainable(model: IFAMForImageClassification, freeze_stage1_backbone: bool, freeze_stage2_backbone: bool) -> None:
+def set_trainable(
+    model: IFAMForImageClassification, freeze_stage1_backbone: bool, freeze_stage2_backbone: bool
+) -> None:
     """
     Stage 1's backbone is frozen but for its CLS, register and position tokens (PDiscoFormer); stage 2 is fully
     fine-tuned. DINOv2's mask token is never used by iFAM and never trains (it would stall DDP as an unused weight).

@@ -49,8 +49,8 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
-from configuration_ifam import IFAMConfig
-
+from .configuration_ifam import IFAMConfig
+from .image_processing_ifam import dinov2_image_processor
 from .modeling_ifam import IFAMForImageClassification
 
 
@@ -489,12 +489,7 @@ def build_config(
         from transformers import AutoConfig
 
         base = AutoConfig.from_pretrained(str(base_config)).to_dict()
-    inherited_fields = set(IFAMConfig.__dataclass_fields__) - {
-        "model_type", "transformers_version", "architectures", "id2label", "label2id", "auto_map", "dtype",
-        "_out_features", "_out_indices",
-    }
-    kwargs = {name: value for name, value in base.items() if name in inherited_fields}
-    kwargs.setdefault("num_register_tokens", 0)
+    kwargs = IFAMConfig.dinov2_options(base)
     if num_register_tokens is not None:
         kwargs["num_register_tokens"] = num_register_tokens
     if image_size is not None:
@@ -526,7 +521,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="training resolution (the position table's); default: the base config's")
     parser.add_argument("--source", default="auto", choices=SOURCES)
     parser.add_argument("--no-processor", action="store_true", help="do not write a DINOv2 image processor")
-    parser.add_argument("--remote-code", action="store_true", help="also copy the modeling code (trust_remote_code)")
+    parser.add_argument("--remote-code", action="store_true",
+                        help="kept for old commands: `save_pretrained` always writes the modeling code now")
     args = parser.parse_args(argv)
     if args.num_labels is None and args.id2label is None:
         parser.error("give --num-labels or --id2label")
@@ -553,23 +549,7 @@ def main(argv: list[str] | None = None) -> Path:
     output_dir = Path(args.output_dir)
     model.save_pretrained(output_dir)
     if not args.no_processor:
-        from transformers import BitImageProcessor
-        from transformers.image_utils import PILImageResampling
-
-        # DINOv2's evaluation preprocessing at the model's resolution (short side * 256/224, centre crop, ImageNet
-        # statistics)
-        BitImageProcessor(
-            size={"shortest_edge": round(config.image_size * 256 / 224)},
-            crop_size={"height": config.image_size, "width": config.image_size},
-            resample=PILImageResampling.BICUBIC,
-            image_mean=[0.485, 0.456, 0.406],
-            image_std=[0.229, 0.224, 0.225],
-            do_convert_rgb=True,
-        ).save_pretrained(output_dir)
-    if args.remote_code:
-        from .remote_code import write_remote_code
-
-        write_remote_code(output_dir)
+        dinov2_image_processor(config.image_size).save_pretrained(output_dir)
     print(f"Wrote {output_dir}")
     return output_dir
 

@@ -4,8 +4,9 @@ Stage 1 (PDiscoFormer part discovery on DINOv2) assigns every patch to one of K 
 The foreground patches form a binary token mask; stage 2 (a second DINOv2) classifies the raw image with an attention
 mask that hides every other patch in every layer, so nothing outside the mask can move the prediction.
 
-This module is copied to the Hub for ``trust_remote_code`` users: it imports only torch and transformers (and its two
-sibling files).
+`save_pretrained` copies this module, `configuration_ifam.py` and `part_losses.py` beside the weights for
+``trust_remote_code`` users (`register_for_auto_class` in `__init__.py`): they import only torch and transformers, and
+each other relatively.
 """
 
 import math
@@ -14,16 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel, PreTrainedModel
+from transformers import AutoConfig, Dinov2Model, Dinov2PreTrainedModel, Dinov2WithRegistersModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask, packed_sequence_mask_function
-from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings, Dinov2LayerScale
 from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
     Dinov2WithRegistersEmbeddings,
     Dinov2WithRegistersLayerScale,
 )
 from transformers.utils import ModelOutput
 
+from .configuration_ifam import IFAMConfig
 from .part_losses import (
     RandomAffine,
     background_presence_loss,
@@ -34,12 +35,6 @@ from .part_losses import (
     presence_loss,
     total_variation_loss,
 )
-
-
-try:  # flat layout of a saved model folder (trust_remote_code)
-    from .configuration_ifam import IFAMConfig
-except ImportError:  # installed package layout
-    from configuration_ifam import IFAMConfig
 
 
 @dataclass
@@ -264,40 +259,43 @@ def _first_fit_decreasing(lengths: list[int], capacity: int) -> tuple[list[int],
     return rows, starts, len(free)
 
 
-class IFAMPreTrainedModel(PreTrainedModel):
+class IFAMPreTrainedModel(Dinov2PreTrainedModel):
+    """
+    DINOv2's pretrained-model base (weight initialisation, attention backends, gradient checkpointing) with the iFAM
+    config. Two declarations differ from DINOv2's, for measured reasons:
+
+    - `_supports_flash_attn = False`: flash-attention kernels cannot express the packed stage-2 path's block-diagonal
+      mask, and a mask that is not applied would let packed images see each other. SDPA, eager and flex attention all
+      take the masks exactly (tested: probabilities to masked keys are 0 in every layer).
+    - `_can_compile_fullgraph = False`: stage 2's token selection has data-dependent shapes (`nonzero`, packing), so
+      `torch.compile(fullgraph=True)` breaks the graph there; `torch.compile` with graph breaks works (tested).
+    """
+
     config: IFAMConfig
     config_class = IFAMConfig
     base_model_prefix = "ifam"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["Dinov2Embeddings", "Dinov2Layer", "Dinov2WithRegistersEmbeddings", "Dinov2WithRegistersLayer"]
-    _supports_sdpa = True
-    # No flash attention: its kernels cannot express the packed path's block-diagonal mask, and a mask that is not
-    # applied would let packed images see each other. SDPA, eager and flex attention all take the masks exactly.
     _supports_flash_attn = False
-    _supports_flex_attn = True
-    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _can_record_outputs = None  # the stages' backbones record their own hidden states and attentions
 
     @torch.no_grad()
     def _init_weights(self, module) -> None:
+        # DINOv2's initialisation (embeddings, linear and convolution layers, layer scale); transformers' registers
+        # variant has its own embedding and layer-scale classes, initialised alike; then the prototypes.
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, (Dinov2Embeddings, Dinov2WithRegistersEmbeddings)):
+        if isinstance(module, Dinov2WithRegistersEmbeddings):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             if module.mask_token is not None:
                 init.zeros_(module.mask_token)
-            if isinstance(module, Dinov2WithRegistersEmbeddings):
-                init.zeros_(module.register_tokens)
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (Dinov2LayerScale, Dinov2WithRegistersLayerScale)):
+            init.zeros_(module.register_tokens)
+        elif isinstance(module, Dinov2WithRegistersLayerScale):
             init.constant_(module.lambda1, self.config.layerscale_value)
         elif isinstance(module, IFAMPartDiscovery):
-            # PyTorch's default for a 1x1 projection, as in PDiscoFormer: prototypes comparable to unit-variance features
+            # PyTorch's default for a 1x1 projection, as in PDiscoFormer: prototypes comparable to unit-variance
+            # features
             bound = 1 / math.sqrt(self.config.hidden_size)
             init.uniform_(module.prototypes, -bound, bound)
 
@@ -317,6 +315,10 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
     >>> outputs.logits.shape, outputs.token_mask.shape  # (1, 2), (1, 256)
     ```
     """
+
+    # The loss is a batch mean of several terms, not a sum to be divided by `num_items_in_batch`: `Trainer` must not
+    # pass that keyword to `forward`, and averages over gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: IFAMConfig):
         super().__init__(config)
@@ -339,17 +341,10 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
                 "DINOv2-with-registers checkpoint (load iFAM checkpoints with `from_pretrained`)."
             )
         backbone = backbone_classes[model_type].from_pretrained(pretrained_model_name_or_path)
-        backbone_config = backbone.config.to_dict()
-        inherited = {
-            name: backbone_config[name]
-            for name in IFAMConfig.__dataclass_fields__
-            if name in backbone_config and name in type(backbone.config).__dataclass_fields__ and name != "model_type"
-        }
-        inherited.setdefault("num_register_tokens", 0)
-        clash = sorted(set(inherited) & set(config_kwargs) - {"id2label", "label2id", "num_labels"})
+        clash = sorted(set(IFAMConfig.dinov2_options(backbone.config)) & set(config_kwargs))
         if clash:
             raise ValueError(f"{clash} come from the DINOv2 checkpoint and cannot be overridden in `from_dinov2`.")
-        config = IFAMConfig(**{**inherited, **config_kwargs})
+        config = IFAMConfig.from_dinov2_config(backbone.config, **config_kwargs)
         model = cls(config)
         state = backbone.state_dict()
         for stage in (model.stage1, model.stage2):

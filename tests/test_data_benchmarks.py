@@ -342,7 +342,7 @@ def test_siim_acr_tube_from_folders_and_errors(tmp_path):
 
 
 def test_siim_acr_dicom(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
