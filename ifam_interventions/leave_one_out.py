@@ -30,10 +30,7 @@ def leave_one_out(
     """
     missing = [q for q in percentiles if model.config.thresholds_for(q) is None]
     if missing:
-        raise ValueError(
-            f"No token-removal thresholds for percentiles {missing}; calibrate first "
-            f"(python -m ifam_interventions.calibration). Calibrated: {sorted(model.config.part_distance_thresholds)}."
-        )
+        raise model.config.missing_thresholds_error(missing)
     rows = []
     for parts in [[]] + [[part] for part in range(model.config.num_parts)]:
         for percentile in (None, *percentiles):

@@ -143,10 +143,7 @@ class IFAMConfig(Dinov2Config):
                     f"foreground part ({self.num_parts})."
                 )
         if self.token_removal_percentile is not None and self.thresholds_for(self.token_removal_percentile) is None:
-            raise ValueError(
-                f"`token_removal_percentile={self.token_removal_percentile}` has no calibrated thresholds; "
-                f"calibrated percentiles: {sorted(self.part_distance_thresholds)}."
-            )
+            raise self.missing_thresholds_error([self.token_removal_percentile])
         if not isinstance(self.patch_size, int):
             raise ValueError(f"iFAM needs square patches: `patch_size` must be an int, got {self.patch_size}.")
         if not isinstance(self.image_size, int):
@@ -191,6 +188,14 @@ class IFAMConfig(Dinov2Config):
             `IFAMConfig`
         """
         return cls(**{**cls.dinov2_options(dinov2_config), **kwargs})
+
+    def missing_thresholds_error(self, percentiles: list[float]) -> ValueError:
+        """The error for token removal asked at `percentiles` that have no calibrated thresholds (the one message)."""
+        return ValueError(
+            f"No token-removal thresholds for percentiles {list(percentiles)}: the config has no calibrated thresholds "
+            f"for them (calibrated: {sorted(self.part_distance_thresholds, key=float)}). Calibrate first "
+            "(`ifam-calibrate` or `python -m ifam_interventions.calibration`)."
+        )
 
     def thresholds_for(self, percentile: float) -> list[float] | None:
         """The calibrated thresholds of `percentile` (`97`, `97.0` and `"97"` are the same key), or `None`."""

@@ -492,10 +492,7 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
             return None
         thresholds = self.config.thresholds_for(percentile)
         if thresholds is None:
-            raise ValueError(
-                f"No token-removal thresholds calibrated for percentile {percentile}; calibrated: "
-                f"{sorted(self.config.part_distance_thresholds)}."
-            )
+            raise self.config.missing_thresholds_error([percentile])
         return torch.tensor(thresholds, device=self.device)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> int:
