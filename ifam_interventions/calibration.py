@@ -21,9 +21,21 @@ def collect_part_distances(
     model: IFAMForImageClassification, batches, max_tokens_per_part: int = 2_000_000, seed: int = 0
 ) -> tuple[list[torch.Tensor], torch.Tensor, int]:
     """
-    Run stage 1 over `batches` (dicts with `pixel_values`). Returns, per foreground part, the distances of the tokens
-    assigned to it (a uniform random subsample when more than `max_tokens_per_part`), how many images contain each
-    part, and the number of images.
+    Run stage 1 over a split and collect, per foreground part, the distances of the tokens assigned to it.
+
+    Args:
+        model (`IFAMForImageClassification`):
+            The trained model.
+        batches (iterable of `dict`):
+            Batches with `pixel_values`.
+        max_tokens_per_part (`int`, *optional*, defaults to 2,000,000):
+            Above this many tokens, a part keeps a uniform random subsample.
+        seed (`int`, *optional*, defaults to 0):
+            The subsample's seed.
+
+    Returns:
+        `tuple`: the distances per part (`list[torch.Tensor]`), how many images contain each part (`torch.Tensor`),
+        and the number of images.
     """
     model.eval()
     num_parts = model.config.num_parts
@@ -56,10 +68,22 @@ def calibrate_token_removal(
     max_tokens_per_part: int = 2_000_000,
 ) -> dict:
     """
-    Fill `model.config.part_distance_thresholds` with tau_k^q for every q in `percentiles`, and return the per-part
-    statistics (token counts, mean and percentiles of the distances, how often each part is present).
-    A part that no token of the split was assigned to gets an infinite threshold (nothing to remove) and a warning
-    entry in the statistics.
+    Fill `model.config.part_distance_thresholds` with tau_k^q for every q in `percentiles`. A part that no token of the
+    split was assigned to gets an infinite threshold (nothing to remove) and a warning entry in the statistics.
+
+    Args:
+        model (`IFAMForImageClassification`):
+            The trained model; its config is updated in place.
+        batches (iterable of `dict`):
+            Batches with `pixel_values` (the training split, as in the paper).
+        percentiles (`tuple[float, ...]`, *optional*, defaults to `(97.0, 99.0)`):
+            The percentiles q in (0, 100].
+        max_tokens_per_part (`int`, *optional*, defaults to 2,000,000):
+            Above this many tokens, a part's percentiles come from a uniform random subsample.
+
+    Returns:
+        `dict`: the per-part statistics (token counts, mean and percentiles of the distances, how often each part is
+        present), as written to `part_statistics.json`.
     """
     for q in percentiles:
         if not 0 < q <= 100:

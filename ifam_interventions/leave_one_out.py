@@ -25,8 +25,23 @@ def leave_one_out(
     worst_group_auc: bool = False,
 ) -> list[dict]:
     """
-    One row per intervention: none, each part dropped alone, and each of those with token removal at every calibrated
-    percentile in `percentiles`. Rows carry `parts_dropped`, `percentile` (None: no token removal) and the metrics.
+    Evaluate a split under every intervention: none, each part dropped alone, and each of those with token removal.
+
+    Args:
+        model (`IFAMForImageClassification`):
+            The trained model.
+        dataloader (`DataLoader`):
+            The split, prepared by `accelerator`.
+        accelerator (`Accelerator`):
+            Gathers the predictions across processes.
+        percentiles (`tuple[float, ...]`, *optional*, defaults to `()`):
+            Calibrated token-removal percentiles to add on top of every row.
+        worst_group_auc (`bool`, *optional*, defaults to `False`):
+            Also compute the worst-group ROC AUC (SIIM-ACR).
+
+    Returns:
+        `list[dict]`: one row per intervention with `parts_dropped`, `percentile` (`None`: no token removal) and the
+        scalar metrics.
     """
     missing = [q for q in percentiles if model.config.thresholds_for(q) is None]
     if missing:

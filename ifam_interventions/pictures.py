@@ -50,8 +50,24 @@ def part_grid(
 ) -> Path:
     """
     Write a PNG grid for a batch: one row per image; columns: image, part assignment, stage-2 mask, then one mask per
-    intervention (`name -> forward kwargs`, e.g. `{"drop part 1": {"parts_to_drop": [1]}}`), each titled with the
-    prediction and its probability.
+    intervention, each titled with the prediction and its probability.
+
+    Args:
+        model (`IFAMForImageClassification`):
+            The trained model.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            The normalised images.
+        path (`str` or `Path`):
+            The PNG to write.
+        interventions (`dict[str, dict]`, *optional*):
+            Column title -> `forward` keyword arguments, e.g. `{"drop part 1": {"parts_to_drop": [1]}}`.
+        image_mean, image_std (sequences of 3 `float`, *optional*, default to the ImageNet statistics):
+            The image processor's normalisation, undone for display.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Shown above each image.
+
+    Returns:
+        `Path`: the PNG written.
     """
     model.eval()
     interventions = {"iFAM": {}, **(interventions or {})}

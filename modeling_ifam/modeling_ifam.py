@@ -159,15 +159,24 @@ class IFAMMaskedClassifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, visible: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """
-        visible (`torch.BoolTensor` of shape `(batch_size, num_patches)`): the patches stage 2 may see.
-        weights (`torch.FloatTensor` of shape `(batch_size, num_patches)`): the straight-through mask, 1.0 on visible
-            patches in the forward pass; it carries the gradient of the stage-2 loss back to stage 1. With soft masks,
-            the soft foreground probabilities.
+        Classify the image from the visible patches only.
 
         With `"masked"` (`stage2_training`'s default) every patch token is computed and the attention mask hides the
         unselected ones; with `"packed"`/`"padded"` (`stage2_inference`'s) the selected tokens alone are computed. The
         results, and in training the gradients, are the same: an unselected token is never attended and its output is
         never read, so the straight-through gradient of its weight is exactly zero either way.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                The images.
+            visible (`torch.BoolTensor` of shape `(batch_size, num_patches)`):
+                The patches stage 2 may see.
+            weights (`torch.FloatTensor` of shape `(batch_size, num_patches)`):
+                The straight-through mask, 1.0 on visible patches in the forward pass; it carries the gradient of the
+                stage-2 loss back to stage 1. With soft masks, the soft foreground probabilities.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_labels)`: the stage-2 logits.
         """
         embeddings = self.backbone.embeddings(pixel_values)  # [B, P+N, D], P = CLS + registers
         prefix = embeddings.new_ones(embeddings.shape[0], self.num_prefix_tokens)
@@ -362,19 +371,25 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         **kwargs,
     ) -> IFAMImageClassifierOutput:
         r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Height and width must be multiples of the patch size; position embeddings are interpolated as in DINOv2.
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices in `[0, num_labels)`; when given, `loss` is the full training objective.
-        token_mask (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Replaces stage 1's selection: True for the patches stage 2 may see.
-        parts_to_drop (`list[int]`, *optional*):
-            Foreground parts whose patches are hidden from stage 2 (part removal). Defaults to `config.parts_to_drop`.
-        token_removal_percentile (`float`, *optional*):
-            Apply the calibrated thresholds of this percentile (token removal). Defaults to
-            `config.token_removal_percentile`.
-        use_token_removal (`bool`, *optional*):
-            `False` switches token removal off for this call whatever the defaults say.
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Height and width must be multiples of the patch size; position embeddings are interpolated as in
+                DINOv2.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class indices in `[0, num_labels)`; when given, `loss` is the full training objective.
+            token_mask (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+                Replaces stage 1's selection: True for the patches stage 2 may see.
+            parts_to_drop (`list[int]`, *optional*):
+                Foreground parts whose patches are hidden from stage 2 (part removal). Defaults to
+                `config.parts_to_drop`.
+            token_removal_percentile (`float`, *optional*):
+                Apply the calibrated thresholds of this percentile (token removal). Defaults to
+                `config.token_removal_percentile`.
+            use_token_removal (`bool`, *optional*):
+                `False` switches token removal off for this call whatever the defaults say.
+
+        Returns:
+            [`IFAMImageClassifierOutput`]
         """
         if kwargs:
             raise TypeError(f"IFAMForImageClassification.forward got unexpected arguments {sorted(kwargs)}.")
