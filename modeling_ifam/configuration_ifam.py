@@ -191,10 +191,12 @@ class IFAMConfig(Dinov2Config):
 
     def missing_thresholds_error(self, percentiles: list[float]) -> ValueError:
         """The error for token removal asked at `percentiles` that have no calibrated thresholds (the one message)."""
+        plural = "s" if len(percentiles) > 1 else ""
+        listed = ", ".join(f"{float(q):g}" for q in percentiles)
         return ValueError(
-            f"No token-removal thresholds for percentiles {list(percentiles)}: the config has no calibrated thresholds "
-            f"for them (calibrated: {sorted(self.part_distance_thresholds, key=float)}). Calibrate first "
-            "(`ifam-calibrate` or `python -m ifam_interventions.calibration`)."
+            f"No token-removal thresholds for percentile{plural} {listed}: the config has no calibrated thresholds for "
+            f"{'them' if plural else 'it'} (calibrated: {sorted(self.part_distance_thresholds, key=float)}). Calibrate "
+            "first (`ifam-calibrate` or `python -m ifam_interventions.calibration`)."
         )
 
     def thresholds_for(self, percentile: float) -> list[float] | None:
