@@ -157,7 +157,8 @@ def test_part_centroids_hand_computed():
 
 def test_token_removal_sends_removed_tokens_to_the_background(pixel_values):
     model = tiny_model()
-    stage1 = model.stage1(pixel_values)
+    with torch.no_grad():
+        stage1 = model.stage1(pixel_values)
     maps, visible = maps_after_token_removal(model, stage1, None)
     assert maps is stage1.part_maps
     # thresholds at each part's median distance: about half of the foreground tokens go
