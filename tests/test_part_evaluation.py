@@ -185,12 +185,12 @@ def test_keypoints_and_box_follow_resize_and_centre_crop():
     # 20 x 10 image -> resized 40 x 20 (x2) -> centre crop 20 x 20 from x = 10
     batch = {"image": [Image.new("RGB", (20, 10))], "label": [0],
              "keypoints": [[[10.0, 5.0, 1.0], [3.0, 2.0, 1.0], [12.0, 3.0, 0.0], [14.9, 9.9, 1.0]]],
-             "bbox": [[5.0, 1.0, 10.0, 4.0]]}
+             "bbox": [[2.0, 1.0, 10.0, 4.0]]}
     out = transform(batch)
     assert out["pixel_values"].shape == (1, 3, 20, 20)
     assert out["keypoints"][0].tolist() == [[10.0, 10.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0],
                                             pytest.approx([19.8, 19.8, 1.0])]  # cropped out / invisible -> 0 0 0
-    assert out["bbox"][0].tolist() == [0.0, 2.0, 20.0, 8.0]  # not clipped: width and height stay the object's
+    assert out["bbox"][0].tolist() == [-6.0, 2.0, 20.0, 8.0]  # not clipped: the box keeps the object's size
     assert "keypoints" not in BatchTransform(processor, train=True)(batch)
 
 
