@@ -22,6 +22,10 @@ Regimes: "ood" (CUB -> Waterbird200 analogue: backgrounds independent of the cla
 among them line textures that resemble the class stripes) and "correlated" (Waterbirds analogue: each class on its own
 background kind 95% of the time in training, balanced test).
 
+The iFAM rows (and their token-removal rows) also say how well the parts are discovered: NMI and ARI between the part
+found at each of the objects' five landmarks and the landmark, and keypoint regression Kp (the landmarks regressed from
+the part centroids, fitted on train; error in % of the object's box), by `ifam_interventions.evaluate_parts`.
+
 Writes `results/synthetic.json` (one row per regime and method: mean and std over seeds, accuracies in percent) and
 `results/synthetic.md` (`synthetic_quick.*` with `--quick`).
 """
@@ -39,6 +43,7 @@ from accelerate import Accelerator
 from pretrain_mim import pretrain  # the sibling script (this script's folder is on the path when it runs)
 from transformers import Dinov2Config
 
+from ifam_interventions.evaluate_parts import evaluate_parts
 from ifam_interventions.leave_one_out import leave_one_out
 from ifam_train import train
 from ifam_train.arguments import DataArguments
@@ -60,6 +65,7 @@ METHODS = {  # name: (K, train.py options)
     "early mask, central block": (1, ["--num_parts", "1", "--token_mask_source", "center", *STAGE1_OFF]),
 }
 METRICS = ("average_accuracy", "worst_group_accuracy", "fg_miou")
+PART_METRICS = ("nmi", "ari", "keypoint_regression_error")  # iFAM rows: how well the parts are discovered
 
 
 def parse(argv=None):
@@ -147,7 +153,17 @@ def rows_for_seed(args, regime: str, seed: int) -> dict[str, dict]:
             rows[label] = {"K": parts, **{m: 100 * metrics[m] for m in METRICS if m in metrics}}
             if label.startswith("iFAM K="):
                 rows.update(intervention_rows(args, regime, seed, label, parts, folder, accelerator))
+                for row in part_rows(args, regime, seed, folder, accelerator):
+                    key = label if row["percentile"] is None else f"{label} + token removal q={row['percentile']:g}"
+                    rows[key].update({m: 100 * row[m] for m in PART_METRICS if m in row})
     return rows
+
+
+def part_rows(args, regime, seed, folder, accelerator) -> list[dict]:
+    """NMI, ARI and Kp of the model's parts on test (Kp fitted on train), without and with token removal."""
+    model, test = evaluate_split(folder, regime, seed, "test", args)
+    _, train_split = evaluate_split(folder, regime, seed, "train", args)
+    return evaluate_parts(model, test, train_split, accelerator, percentiles=(97.0, 99.0))
 
 
 def intervention_rows(args, regime, seed, label, parts, folder, accelerator) -> dict[str, dict]:
@@ -172,7 +188,7 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
     for method in per_seed[0]:
         runs = [seed_rows[method] for seed_rows in per_seed]
         row = {"method": method, "K": runs[0]["K"]}
-        for metric in METRICS:
+        for metric in METRICS + PART_METRICS:
             values = [r[metric] for r in runs if metric in r]
             if values:
                 row[metric] = {"mean": statistics.fmean(values),
@@ -183,10 +199,10 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
 
 def markdown(table: dict[str, list[dict]], seeds: int) -> str:
     lines = []
-    header = ["method", "K", "average accuracy", "worst-group accuracy", "foreground mIoU"]
+    header = ["method", "K", "average accuracy", "worst-group accuracy", "foreground mIoU", "NMI", "ARI", "Kp ↓"]
     for regime, rows in table.items():
         cells = [[row["method"], row["K"] if row["K"] is not None else "–"]
-                 + [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS]
+                 + [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS + PART_METRICS]
                  for row in rows]
         lines += [f"### Regime `{regime}` ({seeds} seed{'s' * (seeds > 1)}, test split, %)", "",
                   markdown_table(header, cells), ""]

@@ -4,13 +4,13 @@ token-removal thresholds on top; the table is written as JSON and Markdown.
     python -m ifam_interventions.leave_one_out --model_name_or_path outputs/synthetic --split test
 """
 
-import json
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from ifam_train.evaluation import compute_metrics, predict
 from ifam_train.reporting import markdown_table as _markdown_table
+from ifam_train.reporting import write_report
 from modeling_ifam import IFAMForImageClassification
 
 TABLE_FILE = "leave_one_out"
@@ -72,12 +72,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_table(rows: list[dict], folder: str | Path) -> tuple[Path, Path]:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = folder / f"{TABLE_FILE}.json", folder / f"{TABLE_FILE}.md"
-    json_path.write_text(json.dumps(rows, indent=2) + "\n")
-    markdown_path.write_text(markdown_table(rows))
-    return json_path, markdown_path
+    return write_report(rows, markdown_table(rows), folder, TABLE_FILE)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

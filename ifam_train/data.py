@@ -20,9 +20,11 @@ class BatchTransform:
     `datasets.Dataset.with_transform` callable: images (and ground-truth masks) -> tensors, deterministically.
 
     Evaluation uses the image processor itself, so figures match what `pipeline` users get; the masks follow the same
-    resize and centre crop (nearest neighbour). Training resizes the same way and keeps the central square of the
-    resized side; the random crop and flip happen in the training loop (`random_crop_flip`), where they draw from the
-    RNG that Accelerate checkpoints, so a resumed run replays the same augmentations.
+    resize and centre crop (nearest neighbour), and so do `keypoints` (`[x, y, visible]` rows; a keypoint the crop cuts
+    off becomes invisible) and `bbox` (`[x, y, width, height]`, not clipped to the crop) where the split has them
+    (evaluation only: the training loop's random crop does not move them). Training resizes the same way and keeps the
+    central square of the resized side; the random crop and flip happen in the training loop (`random_crop_flip`),
+    where they draw from the RNG that Accelerate checkpoints, so a resumed run replays the same augmentations.
     """
 
     def __init__(self, processor: BitImageProcessor, train: bool):
@@ -40,6 +42,28 @@ class BatchTransform:
         array = resize(array, output_size, resample=resample, input_data_format=ChannelDimension.LAST)
         return center_crop(array, self.crop, input_data_format=ChannelDimension.LAST)
 
+    def _move_annotations(self, batch: dict, images: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints [B, L, 3] and boxes [B, 4] in the pixel frame of the resized and centre-cropped image."""
+        keypoints, boxes = [], []
+        for index, image in enumerate(images):
+            width, height = image.size
+            new_height, new_width = get_resize_output_image_size(
+                np.empty((height, width, 1)), size=self.size, default_to_square=False,
+                input_data_format=ChannelDimension.LAST)
+            # transformers' centre crop starts at (side - crop) // 2 (negative: padding) whichever way it goes
+            top, left = (new_height - self.crop[0]) // 2, (new_width - self.crop[1]) // 2
+            scale = np.asarray([new_width / width, new_height / height], dtype=np.float64)
+            shift = np.asarray([left, top], dtype=np.float64)
+            points = np.asarray(batch["keypoints"][index] if "keypoints" in batch else np.zeros((0, 3)), np.float64)
+            xy = points[:, :2] * scale - shift
+            inside = ((xy >= 0) & (xy < np.asarray(self.crop[::-1]))).all(axis=1)
+            visible = (points[:, 2] > 0) & inside
+            keypoints.append(np.concatenate([np.where(visible[:, None], xy, 0.0), visible[:, None]], axis=1))
+            box = np.asarray(batch["bbox"][index] if "bbox" in batch else np.zeros(4), np.float64)
+            boxes.append(np.concatenate([box[:2] * scale - shift, box[2:] * scale]))
+        return (torch.as_tensor(np.stack(keypoints), dtype=torch.float32),
+                torch.as_tensor(np.stack(boxes), dtype=torch.float32))
+
     def __call__(self, batch: dict) -> dict:
         images = [image.convert("RGB") for image in batch["image"]]
         out = {"labels": torch.as_tensor(batch["label"])}
@@ -54,6 +78,10 @@ class BatchTransform:
             ])
         if not self.train:
             out["pixel_values"] = self.processor(images, return_tensors="pt")["pixel_values"]
+            if "keypoints" in batch or "bbox" in batch:
+                for key, values in zip(("keypoints", "bbox"), self._move_annotations(batch, images)):
+                    if key in batch:
+                        out[key] = values
             return out
         arrays = [self._geometry(np.asarray(image), self.processor.resample).astype(np.float32) for image in images]
         pixel_values = [(array / 255.0 - self.mean) / self.std for array in arrays]

@@ -1,5 +1,8 @@
 """Markdown tables: the one writer every command's report goes through."""
 
+import json
+from pathlib import Path
+
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """
@@ -45,3 +48,18 @@ def results_table(results: dict[str, dict], columns: dict[str, str] | None = Non
     rows = [[split] + [f"{100 * metrics[c]:.1f}" if c in metrics else "" for c in present]
             for split, metrics in results.items()]
     return markdown_table(["split"] + [columns[c] for c in present], rows)
+
+
+def write_report(rows: list[dict], markdown: str, folder: str | Path, name: str) -> tuple[Path, Path]:
+    """
+    Write a command's rows as `name.json` and its table as `name.md` in `folder` (created if missing).
+
+    Returns:
+        `tuple[Path, Path]`: the JSON and Markdown paths.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = folder / f"{name}.json", folder / f"{name}.md"
+    json_path.write_text(json.dumps(rows, indent=2) + "\n")
+    markdown_path.write_text(markdown)
+    return json_path, markdown_path
