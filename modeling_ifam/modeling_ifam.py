@@ -361,6 +361,21 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
             stage.backbone.load_state_dict(state)
         return model
 
+    @classmethod
+    def from_reference(cls, path_or_repo_id, **kwargs) -> "IFAMForImageClassification":
+        """
+        Convert a checkpoint of the authors' reference code (a file, a folder or a Hub repository id, in the iFAM or
+        PDiscoFormer layouts, timm or transformers backbones); every size is read from the tensors. `kwargs`: see
+        `modeling_ifam.convert_reference.convert_reference` (`id2label=`, checks such as `num_parts=`, `revision=`).
+        """
+        # The converter is not part of the Hub remote code, and no import statement may name it: transformers copies
+        # every relatively imported file of a remote-code module, and would demand convert_reference.py.
+        try:
+            converter = __import__(f"{__package__}.convert_reference", fromlist=["convert_reference"])
+        except ImportError as error:
+            raise ImportError("`from_reference` needs the ifam package (modeling_ifam.convert_reference).") from error
+        return converter.convert_reference(path_or_repo_id, **kwargs)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
