@@ -1,8 +1,9 @@
-"""Loading the authors' reference checkpoints (iFAM HF variant, PDiscoFormer HF and timm layouts).
+"""Loading the authors' reference checkpoints (iFAM and PDiscoFormer, Hugging Face and timm layouts).
 
-The reference state dicts are built here with the reference key names (from `ananthu-aniraj/ifam` and
-`ananthu-aniraj/pdiscoformer`) and random tensors; the timm layout is also checked functionally against a
-timm-free re-implementation of the reference PDiscoFormer forward pass from the fused weights.
+The reference state dicts are built from key tables written out here from the reference modules
+(`ananthu-aniraj/ifam`, `ananthu-aniraj/pdiscoformer`), not from the converter's mapping, with random tensors; the
+converted model's part distances, part maps, token mask and both stages' logits are compared with a torch-only
+re-implementation of the reference forward computed from the reference weights alone.
 """
 
 import json
