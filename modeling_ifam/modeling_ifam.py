@@ -43,7 +43,8 @@ class IFAMPartDiscoveryOutput(ModelOutput):
     Output of stage 1 (part discovery).
 
     part_distances (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
-        Squared distance of every patch feature to every part prototype (background last).
+        Squared distance of every patch feature to every part prototype (background last); float32 whatever the
+        autocast state, like `part_maps`.
     part_maps (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
         Part assignment probabilities: softmax (Gumbel-softmax in training) of the negative distances.
     part_features (`torch.FloatTensor` of shape `(batch_size, hidden_size, num_parts + 1)`):
@@ -116,16 +117,20 @@ class IFAMPartDiscovery(nn.Module):
         prefix = 1 + self.config.num_register_tokens
         features = self.backbone(pixel_values).last_hidden_state[:, prefix:]  # [B, N, D], layer-normed
 
-        # ||x - p||^2 = ||x||^2 - 2 x.p + ||p||^2, for every patch x and prototype p
-        distances = (
-            features.pow(2).sum(-1, keepdim=True)
-            - 2 * features @ self.prototypes.T
-            + self.prototypes.pow(2).sum(-1)
-        )  # [B, N, K+1]
-        if self.training and self.config.gumbel_softmax:
-            part_maps = F.gumbel_softmax(-distances, tau=self.config.softmax_temperature, dim=-1)
-        else:
-            part_maps = (-distances / self.config.softmax_temperature).softmax(dim=-1)
+        # ||x - p||^2 = ||x||^2 - 2 x.p + ||p||^2, for every patch x and prototype p. Always in float32, whatever the
+        # autocast state: with D-dimensional layer-normed features ||x||^2 is about D (768 for ViT-B), where bfloat16
+        # resolves steps of 4, so a bfloat16 x.p would reorder nearby prototypes and change the explanation itself.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            features32, prototypes = features.float(), self.prototypes.float()
+            distances = (
+                features32.pow(2).sum(-1, keepdim=True)
+                - 2 * features32 @ prototypes.T
+                + prototypes.pow(2).sum(-1)
+            )  # [B, N, K+1], float32
+            if self.training and self.config.gumbel_softmax:
+                part_maps = F.gumbel_softmax(-distances, tau=self.config.softmax_temperature, dim=-1)
+            else:
+                part_maps = (-distances / self.config.softmax_temperature).softmax(dim=-1)
 
         part_features = torch.einsum("bnk,bnd->bdk", part_maps, features) / features.shape[1]  # [B, D, K+1]
         part_features = self.modulation(part_features)
@@ -360,6 +365,21 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
             stage.backbone.load_state_dict(state)
         return model
 
+    @classmethod
+    def from_reference(cls, path_or_repo_id, **kwargs) -> "IFAMForImageClassification":
+        """
+        Convert a checkpoint of the authors' reference code (a file, a folder or a Hub repository id, in the iFAM or
+        PDiscoFormer layouts, timm or transformers backbones); every size is read from the tensors. `kwargs`: see
+        `modeling_ifam.convert_reference.convert_reference` (`id2label=`, checks such as `num_parts=`, `revision=`).
+        """
+        # The converter is not part of the Hub remote code, and no import statement may name it: transformers copies
+        # every relatively imported file of a remote-code module, and would demand convert_reference.py.
+        try:
+            converter = __import__(f"{__package__}.convert_reference", fromlist=["convert_reference"])
+        except ImportError as error:
+            raise ImportError("`from_reference` needs the ifam package (modeling_ifam.convert_reference).") from error
+        return converter.convert_reference(path_or_repo_id, **kwargs)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -456,6 +476,8 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         visible = keep.gather(1, assignment)
         if thresholds is not None:
             distance = stage1.part_distances.flatten(2).gather(1, assignment[:, None]).squeeze(1)  # [B, N]
+            # float32 like the distances (stage 1 computes them so under autocast too): thresholds are calibrated there
+            distance = distance.float()
             limit = F.pad(thresholds.to(distance), (0, 1), value=float("inf"))[assignment]
             visible &= distance <= limit
         soft_foreground = (part_maps * keep[..., None]).sum(dim=1)  # [B, N]
