@@ -3,6 +3,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -122,7 +123,11 @@ def test_two_processes_equal_one_with_gradient_accumulation(tmp_path):
     one = subprocess.run([sys.executable, script, *common, "--gradient_accumulation_steps", "2",
                           "--output_dir", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
+    with socket.socket() as probe:  # a free port: not 29500, which a concurrent run of the suite may hold
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--main_process_port", port,
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *common,
                           "--output_dir", str(tmp_path / "two")],
                          env={**env, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=600)
