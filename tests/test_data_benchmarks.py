@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import zlib
 import pickle
 
 import numpy as np
@@ -16,7 +17,8 @@ from ifam_data import benchmarks as B
 
 def _img(path, fmt=None, mode="RGB", value=None):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    rng = np.random.default_rng(abs(hash(path)) % 2**32)
+    # seeded by the file's last three path parts, not hash() (salted per process) nor tmp_path (changes per run)
+    rng = np.random.default_rng(zlib.crc32("/".join(os.fspath(path).split(os.sep)[-3:]).encode()))
     shape = (8, 8, 3) if mode == "RGB" else (8, 8)
     arr = rng.integers(0, 255, shape, dtype=np.uint8) if value is None else np.full(shape, value, np.uint8)
     PILImage.fromarray(arr, mode).save(path, format=fmt)
@@ -376,7 +378,6 @@ def test_siim_acr_tube_from_folders_and_errors(tmp_path):
 
 
 def test_siim_acr_dicom(tmp_path):
-    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

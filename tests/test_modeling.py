@@ -216,7 +216,10 @@ def test_unknown_argument_is_refused(model):
     ],
 )
 def test_config_validation(overrides, match):
-    with pytest.raises(Exception, match=match):
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    # `@strict` wraps the ValueError of `validate_ifam` in its own class-validation error
+    with pytest.raises(StrictDataclassClassValidationError, match=match):
         tiny_config(**overrides)
 
 
