@@ -27,6 +27,8 @@ from ifam_train.data import (
     BatchTransform, collate, dinov2_processor, eval_dataloader, load_training_data, random_crop_flip,
 )
 from ifam_train.evaluation import compute_metrics, given_token_mask, predict
+from ifam_train import guards
+from ifam_data.verify import skip_unreadable_images
 from ifam_train.optim import parameter_groups, set_trainable
 from modeling_ifam import IFAMConfig, IFAMForImageClassification, write_remote_code
 
@@ -74,8 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)
 
     # Data and model
-    with accelerator.main_process_first():
+    with accelerator.main_process_first(), guards.dataset_name_guard(args.dataset_name, args.train_dir, args.data_dir):
         data = load_training_data(args)
+    # Bad data (issue 17): unreadable images listed (or skipped), a split smaller than one global batch named
+    verify_mode = guards.resolve_verify_mode(args.verify_images, args.dataset_name, args.train_dir,
+                                             args.validation_dir, args.data_dir)
+    data = guards.verify_training_images(data, verify_mode, args.skip_bad_images, output_dir, accelerator)
+    guards.check_train_split_fits(len(data["train"]), args.per_device_train_batch_size, accelerator.num_processes,
+                                  args.gradient_accumulation_steps, args.dataloader_drop_last)
     id2label = dict(enumerate(data["train"].features["label"].names))
     model = build_model(args, id2label)
     image_size = args.image_size or model.config.image_size
@@ -87,11 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
         set_trainable(model, freeze_stage1_backbone=freeze_stage1, freeze_stage2_backbone=args.freeze_stage2_backbone)
     source = args.token_mask_source
 
-    train_data = data["train"].with_transform(BatchTransform(processor, train=True))
+    # a file that turns bad after the check is skipped with a warning, up to --max_skipped_images (issue 17)
+    train_data = skip_unreadable_images(data["train"], BatchTransform(processor, train=True), args.max_skipped_images)
     eval_splits = [name for name in data if name != "train"]
     # its own generator: creating an iterator must not draw from the global RNG that checkpoints restore
     train_loader = DataLoader(train_data, batch_size=args.per_device_train_batch_size, shuffle=True,
-                              collate_fn=collate, num_workers=args.dataloader_num_workers, drop_last=True,
+                              collate_fn=collate, num_workers=args.dataloader_num_workers,
+                              drop_last=args.dataloader_drop_last,
                               generator=torch.Generator().manual_seed(args.seed))
     eval_loaders = {name: eval_dataloader(data[name], processor, args.per_device_eval_batch_size,
                                           args.dataloader_num_workers) for name in eval_splits}
@@ -135,6 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     accelerator.print(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
                       f"{max_steps} steps ({num_epochs} epochs, effective batch {effective_batch}).")
+    # non-finite loss: stop with a checkpoint of the last good state; SIGINT/SIGTERM: checkpoint, exit (issue 17)
+    guard = guards.RunGuard(accelerator, model, optimizer, output_dir,
+                            save=lambda step: save_checkpoint(accelerator, output_dir, step)).install()
     progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
     for epoch in range(start_epoch, num_epochs):
         model.train()
@@ -146,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
             with accelerator.accumulate(model):
                 extra = {} if source == "stage1" else {"token_mask": given_token_mask(source, batch, args.patch_size)}
                 outputs = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **extra)
+                guard.check_loss(outputs, completed_steps)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -167,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
                     accelerator.log(logs, step=completed_steps)
             if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
                 save_checkpoint(accelerator, output_dir, completed_steps)
+            guard.stop_if_signalled(completed_steps)
             if completed_steps >= max_steps:
                 break
         if args.checkpointing_steps == "epoch" and completed_steps < max_steps:
@@ -180,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         if completed_steps >= max_steps:
             break
     progress.close()
+    guard.uninstall()
 
     # Final model (EMA weights when on), evaluated on every evaluation split and saved ready for pipeline()
     final = accelerator.unwrap_model(model) if ema is None else ema.module
@@ -200,8 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
         processor.save_pretrained(output_dir)
         if is_ifam:
             write_remote_code(output_dir)
-        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        print(results_table(results))
+        if results:
+            (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(results_table(results) if results else guards.NO_EVALUATION)  # one line, not an empty table
         if args.push_to_hub:
             from push_to_hub import publish
 

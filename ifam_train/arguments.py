@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from configuration_ifam import IFAMConfig
+from ifam_train.guards import parse_verify_mode
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", type=str, default=None, help="YAML/JSON file of option values; command-line flags override it.")
 
     add_data_arguments(parser)
+
+    checks = parser.add_argument_group("bad data (checked before the first step)")
+    checks.add_argument("--verify_images", type=parse_verify_mode, nargs="?", const="header", default="auto",
+                        help="Check that every image decodes before training: header (fast: header, size and "
+                        "checksums), full (decode every pixel) or off (also --no_verify_images); auto: header for "
+                        "local folders, off for the Hub and the synthetic benchmark.")
+    checks.add_argument("--no_verify_images", dest="verify_images", action="store_const", const="off")
+    checks.add_argument("--skip_bad_images", action="store_true",
+                        help="Train without the images that fail the check (their paths go to bad_images.txt in "
+                        "--output_dir) instead of stopping.")
+    checks.add_argument("--max_skipped_images", type=int, default=10,
+                        help="Files that turn unreadable during training are skipped with a warning, up to this many.")
+    checks.add_argument("--dataloader_drop_last", action=argparse.BooleanOptionalAction, default=True,
+                        help="Drop the last incomplete training batch of each epoch.")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", type=str, default=None,
