@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
         start_epoch, step_in_epoch = divmod(completed_steps, steps_per_epoch)
         skip_batches = step_in_epoch * args.gradient_accumulation_steps
 
-    accelerator.print(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
-                      f"{max_steps} steps ({num_epochs} epochs, effective batch {effective_batch}).")
     # non-finite loss: stop with a checkpoint of the last good state; SIGINT/SIGTERM: checkpoint, exit (issue 17)
     guard = guards.RunGuard(accelerator, model, optimizer, output_dir,
                             save=lambda step: save_checkpoint(accelerator, output_dir, step)).install()
+    accelerator.print(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
+                      f"{max_steps} steps ({num_epochs} epochs, effective batch {effective_batch}).")
     progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
     for epoch in range(start_epoch, num_epochs):
         model.train()

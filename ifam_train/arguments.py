@@ -33,6 +33,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 
 
+def _boolean(value: str) -> bool:
+    if value.lower() in ("true", "yes", "on", "1"):
+        return True
+    if value.lower() in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train iFAM with Accelerate. `python train.py` with no option trains a small model from scratch on "
@@ -55,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--output_dir) instead of stopping.")
     checks.add_argument("--max_skipped_images", type=int, default=10,
                         help="Files that turn unreadable during training are skipped with a warning, up to this many.")
-    checks.add_argument("--dataloader_drop_last", action=argparse.BooleanOptionalAction, default=True,
-                        help="Drop the last incomplete training batch of each epoch.")
+    checks.add_argument("--dataloader_drop_last", type=_boolean, nargs="?", const=True, default=True,
+                        help="Drop the last incomplete training batch of each epoch (off: --no_dataloader_drop_last "
+                        "or --dataloader_drop_last false, to train on a split smaller than one batch).")
+    checks.add_argument("--no_dataloader_drop_last", dest="dataloader_drop_last", action="store_false")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", type=str, default=None,
