@@ -387,6 +387,8 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         if kwargs:
             raise TypeError(f"IFAMForImageClassification.forward got unexpected arguments {sorted(kwargs)}.")
         num_patches = self._check_pixel_values(pixel_values)
+        if labels is not None:
+            self._check_loss_grid(pixel_values)
         stage1 = self.stage1(pixel_values)
 
         if token_mask is not None:
@@ -540,6 +542,18 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
                     f"processor's output), at most {MAX_PIXEL_MAGNITUDE:g} (the float16 range)."
                 )
         return (height // patch) * (width // patch)
+
+    def _check_loss_grid(self, pixel_values: torch.Tensor) -> None:
+        """The presence losses pool the part maps 3x3 (the background's also needs a border): at least 3 (4) patches."""
+        weights = self.config.loss_weights
+        need = 4 if weights["background"] > 0 else 3 if weights["presence"] > 0 else 1
+        rows, columns = (size // self.config.patch_size for size in pixel_values.shape[-2:])
+        if min(rows, columns) < need:
+            raise ValueError(
+                f"`pixel_values` of size {pixel_values.shape[-2]}x{pixel_values.shape[-1]} gives a {rows}x{columns} "
+                f"patch grid; with `labels`, the part losses need at least {need}x{need} patches "
+                f"({need * self.config.patch_size}x{need * self.config.patch_size} pixels)."
+            )
 
     @staticmethod
     def _check_token_mask(token_mask: torch.Tensor, batch_size: int, num_patches: int) -> torch.BoolTensor:
