@@ -387,6 +387,8 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         if kwargs:
             raise TypeError(f"IFAMForImageClassification.forward got unexpected arguments {sorted(kwargs)}.")
         num_patches = self._check_pixel_values(pixel_values)
+        given = None if token_mask is None else self._check_token_mask(token_mask, pixel_values.shape[0], num_patches)
+        self._check_pixel_range(pixel_values, given)
         if labels is not None:
             self._check_loss_grid(pixel_values)
         stage1 = self.stage1(pixel_values)
@@ -530,18 +532,27 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
                 f"`pixel_values` of size {height}x{width} is not a (non-zero) multiple of the patch size {patch}; "
                 f"resize or crop to a multiple (the image processor does)."
             )
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            # NaN/inf, or values past the float16 range (normalized pixels are within a few units), give NaN logits
-            peak = float(pixel_values.detach().abs().amax())
-            if not peak <= MAX_PIXEL_MAGNITUDE:
-                finite = torch.isfinite(pixel_values.detach()).flatten(1).all(1)
-                raise ValueError(
-                    f"`pixel_values` holds non-finite values (NaN or inf) in images "
-                    f"{(~finite).nonzero().flatten().tolist()} of the batch." if not finite.all() else
-                    f"`pixel_values` holds values up to {peak:.3g} in magnitude; expected normalized pixels (the image "
-                    f"processor's output), at most {MAX_PIXEL_MAGNITUDE:g} (the float16 range)."
-                )
         return (height // patch) * (width // patch)
+
+    def _check_pixel_range(self, pixel_values: torch.Tensor, token_mask: torch.Tensor | None) -> None:
+        """NaN/inf, or values past the float16 range (normalized pixels are within a few units), give NaN logits;
+        with a given `token_mask`, only the patches stage 2 sees count (the others cannot reach the logits)."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        patch, (batch_size, _, height, width) = self.config.patch_size, pixel_values.shape
+        peaks = pixel_values.detach().abs().amax(1).view(batch_size, height // patch, patch, width // patch, patch)
+        peaks = peaks.amax((2, 4)).flatten(1)  # [B, N], NaN where a patch holds one
+        if token_mask is not None:
+            peaks = peaks.masked_fill(~token_mask, 0)
+        peak = float(peaks.max())
+        if not peak <= MAX_PIXEL_MAGNITUDE:
+            finite = torch.isfinite(peaks).all(1)
+            raise ValueError(
+                f"`pixel_values` holds non-finite values (NaN or inf) in images "
+                f"{(~finite).nonzero().flatten().tolist()} of the batch." if not finite.all() else
+                f"`pixel_values` holds values up to {peak:.3g} in magnitude; expected normalized pixels (the image "
+                f"processor's output), at most {MAX_PIXEL_MAGNITUDE:g} (the float16 range)."
+            )
 
     def _check_loss_grid(self, pixel_values: torch.Tensor) -> None:
         """The presence losses pool the part maps 3x3 (the background's also needs a border): at least 3 (4) patches."""

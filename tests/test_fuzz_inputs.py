@@ -79,12 +79,23 @@ def _poisoned(value, image=1):
     return pixels
 
 
+def _mask(poisoned_patch_visible: bool):
+    """A token mask showing half the patches; the pixel `_poisoned` sets (row 3, column 4: patch 0) shown or not."""
+    mask = torch.arange(16).repeat(2, 1) % 2 == 1
+    mask[1, 0] = poisoned_patch_visible
+    return mask
+
+
 TYPE_MSG = r"`pixel_values` must be a floating-point tensor"
 MODEL_CASES = {
     # pixel values
     "NaN pixel": (lambda: dict(pixel_values=_poisoned(math.nan)), (ValueError, r"non-finite .* images \[1\]")),
     "+Inf pixel": (lambda: dict(pixel_values=_poisoned(math.inf, 0)), (ValueError, r"non-finite .* images \[0\]")),
     "-Inf pixel": (lambda: dict(pixel_values=_poisoned(-math.inf)), (ValueError, r"non-finite .* images \[1\]")),
+    "NaN pixel outside a given token_mask": (lambda: dict(pixel_values=_poisoned(math.nan), token_mask=_mask(False)),
+                                             OK),  # stage 2 never sees it: the faithfulness guarantee
+    "NaN pixel inside a given token_mask": (lambda: dict(pixel_values=_poisoned(math.nan), token_mask=_mask(True)),
+                                            (ValueError, r"non-finite .* images \[1\]")),
     "NaN pixel with labels (training)": (lambda: dict(pixel_values=_poisoned(math.nan), labels=torch.tensor([0, 1])),
                                          (ValueError, r"`pixel_values` holds non-finite")),
     "finite 1e30 pixel": (lambda: dict(pixel_values=_poisoned(1e30)), (ValueError, r"`pixel_values` holds values up to "
