@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)
 
     # Data and model
-    with accelerator.main_process_first(), guards.dataset_name_guard(args.dataset_name, args.train_dir, args.data_dir):
+    # a typo of a built-in name is named in every process before the barrier (issue 17); Hub failures explained
+    with guards.dataset_name_guard(args.dataset_name, args.train_dir, args.data_dir), accelerator.main_process_first():
         data = load_training_data(args)
     # Bad data (issue 17): unreadable images listed (or skipped), a split smaller than one global batch named
     verify_mode = guards.resolve_verify_mode(args.verify_images, args.dataset_name, args.train_dir,
