@@ -1,5 +1,6 @@
 """
-Bad data never costs a run (issue 17): the checks train.py makes before the first step, and the guards of its loop.
+Bad data never costs a run (issue 17): the checks `ifam_train.train` makes before the first step, and the guards of
+its loop.
 
 Before the first step:
 * `dataset_name_guard`: a `--dataset_name` that is neither built in nor a local path is checked for a typo of a built-in
@@ -182,7 +183,7 @@ def check_train_split_fits(num_examples: int, per_device_batch_size: int, num_pr
 class RunGuard:
     """
     Non-finite losses and SIGINT/SIGTERM in the training loop. `save(step)` writes the resumable state as
-    `output_dir/checkpoint-{step}` (train.py's `save_checkpoint`).
+    `output_dir/checkpoint-{step}` (`ifam_train.train.save_checkpoint`).
     """
 
     def __init__(self, accelerator, model, optimizer, output_dir, save: Callable[[int], None]):
@@ -233,7 +234,7 @@ class RunGuard:
         return max(checkpoints, key=lambda p: int(p.name.split("-")[1]), default=None)
 
     # -- signals ------------------------------------------------------------------------------------------------------
-    def install(self) -> "RunGuard":
+    def install(self) -> RunGuard:
         """Catch SIGINT and SIGTERM until `uninstall` (no-op outside the main thread)."""
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from configuration_ifam import IFAMConfig
+from modeling_ifam import IFAMConfig
 
 
 TINY = dict(
@@ -46,7 +46,7 @@ TINY_RUN = [
 
 
 def run_training(output_dir, *extra):
-    import train
+    from ifam_train import train
 
     return train.main([*TINY_RUN, "--output_dir", str(output_dir), *extra])
 

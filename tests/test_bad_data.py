@@ -21,7 +21,7 @@ from conftest import TINY_RUN, run_training
 from ifam_data.benchmarks import load_generic
 from ifam_data.verify import find_bad_images, skip_unreadable_images, verify_images
 from ifam_train import guards
-from ifam_train.arguments import parse_args
+from ifam_train.arguments import DataArguments, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 # a small image folder of one's own: the tiny default model, 2 steps, no calibration
@@ -109,13 +109,20 @@ def test_header_check_and_full_decode(tmp_path):
 
 
 def test_verify_images_options():
-    assert parse_args([]).verify_images == "auto"
-    assert parse_args(["--verify_images"]).verify_images == "header"
-    assert parse_args(["--verify_images", "full"]).verify_images == "full"
-    assert parse_args(["--verify_images", "false"]).verify_images == "off"
-    assert parse_args(["--no_verify_images"]).verify_images == "off"
+    def mode(*argv):
+        return parse_args(list(argv))[0].verify_images  # a data option (DataArguments)
+
+    assert mode() == "auto"
+    assert mode("--verify_images") == "header"
+    assert mode("--verify_images", "full") == "full"
+    assert mode("--verify_images", "false") == mode("--verify-images", "no") == "off"
+    assert mode("--no_verify_images") == mode("--no-verify-images") == "off"
     with pytest.raises(SystemExit):
         parse_args(["--verify_images", "sometimes"])
+    data_args, _ = parse_args(["--skip_bad_images", "--max_skipped_images", "3", "--no_dataloader_drop_last"])
+    assert (data_args.skip_bad_images, data_args.max_skipped_images, data_args.dataloader_drop_last) == (True, 3, False)
+    assert parse_args(["--dataloader_drop_last", "false"])[0].dataloader_drop_last is False
+    assert DataArguments(verify_images="true").verify_images == "header"
     assert guards.resolve_verify_mode("auto", "synthetic") is None  # generated in memory
     assert guards.resolve_verify_mode("auto", "imagefolder", train_dir="x") == "header"
     assert guards.resolve_verify_mode("auto", "waterbirds", data_dir="x") == "header"

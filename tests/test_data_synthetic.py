@@ -130,7 +130,8 @@ def test_ood_regime_kinds():
     assert abs((y[bg == 0] == 0).mean() - 0.5) < 0.25  # class-independent backgrounds
     counts = Counter(_arr(dd["test"], "group").tolist())
     assert len(counts) == 12 and max(counts.values()) - min(counts.values()) <= 1
-    np.testing.assert_array_equal(_arr(dd["test"], "group"), _arr(dd["test"], "label") * 12 + _arr(dd["test"], "background"))
+    expected = _arr(dd["test"], "label") * 12 + _arr(dd["test"], "background")
+    np.testing.assert_array_equal(_arr(dd["test"], "group"), expected)
 
 
 def test_line_backgrounds_run_along_the_class_orientations():

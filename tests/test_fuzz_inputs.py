@@ -5,8 +5,9 @@ the input at fault; never a crash from deep inside a library, never NaN logits f
 
 Cases marked `xfail(strict=True)` still fail inside transformers (the stock `BitImageProcessor` and
 `ImageClassificationPipeline`, which this repository does not own); `ifam_data.verify.check_image` gives the intended
-error for each (`test_check_image_names_what_the_processor_cannot_take`), ready for the IFAM image processor's
-`preprocess` to call. When one starts passing, strict xfail fails: move it to the passing cases.
+error for each (`test_check_image_names_what_the_processor_cannot_take`), ready to be called before the stock
+processor (there is no IFAM image processor subclass). When one starts passing, strict xfail fails: move it to the
+passing cases.
 """
 
 import math
@@ -21,7 +22,7 @@ from PIL import Image
 
 from conftest import tiny_model
 from ifam_data.verify import check_image, image_error
-from ifam_train.data import dinov2_processor
+from modeling_ifam import dinov2_image_processor
 
 NUM_LABELS = 3  # conftest.tiny_config: cat, dog, bird
 OK = "ok"
@@ -35,12 +36,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, model):
-    from modeling_ifam import write_remote_code
-
     path = tmp_path_factory.mktemp("fuzz_model")
-    model.save_pretrained(path)
-    dinov2_processor(28).save_pretrained(path)
-    write_remote_code(path)
+    model.save_pretrained(path)  # with the remote code (register_for_auto_class)
+    dinov2_image_processor(28).save_pretrained(path)
     return path
 
 
@@ -307,7 +305,7 @@ def _check_output(pixel_values=None, predictions=None):
 @pytest.mark.parametrize("name", _cases(IMAGES))
 def test_image_processor_front_door(model, name):
     build, expected = IMAGES[name]
-    processor = dinov2_processor(28)
+    processor = dinov2_image_processor(28)
     if expected == OK:
         pixel_values = processor(build(), return_tensors="pt")["pixel_values"]
         _check_output(pixel_values)

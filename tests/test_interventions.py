@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
-import push_to_hub
+from ifam_train import hub as push_to_hub
 from conftest import TINY_RUN, tiny_model
 from ifam_interventions import calibration, leave_one_out, pictures
 from ifam_interventions.calibration import calibrate_token_removal

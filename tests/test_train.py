@@ -69,7 +69,7 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path):
 def test_options_from_a_config_file(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("num_parts: 5\nhead_learning_rate: 0.5\nper_device_train_batch_size: 4\n")
-    args = parse_args(["--config", str(config), "--num_parts", "3"])
+    _, args = parse_args(["--config", str(config), "--num_parts", "3"])
     assert (args.num_parts, args.head_learning_rate, args.per_device_train_batch_size) == (3, 0.5, 4)
     (tmp_path / "bad.json").write_text(json.dumps({"num_part": 2}))
     with pytest.raises(SystemExit):
