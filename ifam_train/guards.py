@@ -243,6 +243,12 @@ class RunGuard:
                 pass
         return self
 
+    def __enter__(self) -> RunGuard:
+        return self.install()
+
+    def __exit__(self, *exc_info) -> None:
+        self.uninstall()
+
     def uninstall(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)

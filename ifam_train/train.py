@@ -168,60 +168,60 @@ def main(argv: list[str] | None = None) -> dict:
         skip_batches = step_in_epoch * args.gradient_accumulation_steps
 
     # non-finite loss: stop with a checkpoint of the last good state; SIGINT/SIGTERM: checkpoint, exit (issue 17)
-    guard = guards.RunGuard(accelerator, model, optimizer, output_dir,
-                            save=lambda step: save_checkpoint(accelerator, output_dir, step)).install()
-    accelerator.print(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
-                      f"{max_steps} steps ({num_epochs} epochs, effective batch {effective_batch}).")
-    progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
-    for epoch in range(start_epoch, num_epochs):
-        model.train()
-        train_loader.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
-        skip_batches = 0
-        for batch in loader:
-            batch = random_crop_flip(batch, crop=(image_size, image_size))
-            with accelerator.accumulate(model):
-                extra = {}
-                if source != "stage1":
-                    extra["token_mask"] = given_token_mask(source, batch, data_args.patch_size)
-                outputs = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **extra)
-                guard.check_loss(outputs, completed_steps)
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            completed_steps += 1
-            progress.update(1)
-            if ema is not None:
-                ema.update_parameters(accelerator.unwrap_model(model))
-            if completed_steps % args.logging_steps == 0:
-                logs = {"train/loss": outputs.loss.item(), "lr/backbone": scheduler.get_last_lr()[0], "epoch": epoch}
-                terms = getattr(outputs, "loss_terms", None) or {}  # iFAM's terms; a plain classifier has none
-                logs.update({f"train/{name}": value.item() for name, value in terms.items()})
-                progress.set_postfix(loss=f"{logs['train/loss']:.3f}")
-                if args.with_tracking:
-                    accelerator.log(logs, step=completed_steps)
-            if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+    with guards.RunGuard(accelerator, model, optimizer, output_dir,
+                         save=lambda step: save_checkpoint(accelerator, output_dir, step)) as guard:
+        accelerator.print(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
+                          f"{max_steps} steps ({num_epochs} epochs, effective batch {effective_batch}).")
+        progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
+        for epoch in range(start_epoch, num_epochs):
+            model.train()
+            train_loader.set_epoch(epoch)
+            loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+            skip_batches = 0
+            for batch in loader:
+                batch = random_crop_flip(batch, crop=(image_size, image_size))
+                with accelerator.accumulate(model):
+                    extra = {}
+                    if source != "stage1":
+                        extra["token_mask"] = given_token_mask(source, batch, data_args.patch_size)
+                    outputs = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **extra)
+                    guard.check_loss(outputs, completed_steps)
+                    accelerator.backward(outputs.loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                completed_steps += 1
+                progress.update(1)
+                if ema is not None:
+                    ema.update_parameters(accelerator.unwrap_model(model))
+                if completed_steps % args.logging_steps == 0:
+                    logs = {"train/loss": outputs.loss.item(), "lr/backbone": scheduler.get_last_lr()[0],
+                            "epoch": epoch}
+                    terms = getattr(outputs, "loss_terms", None) or {}  # iFAM's terms; a plain classifier has none
+                    logs.update({f"train/{name}": value.item() for name, value in terms.items()})
+                    progress.set_postfix(loss=f"{logs['train/loss']:.3f}")
+                    if args.with_tracking:
+                        accelerator.log(logs, step=completed_steps)
+                if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+                    save_checkpoint(accelerator, output_dir, completed_steps)
+                guard.stop_if_signalled(completed_steps)
+                if completed_steps >= max_steps:
+                    break
+            if args.checkpointing_steps == "epoch" and completed_steps < max_steps:
                 save_checkpoint(accelerator, output_dir, completed_steps)
-            guard.stop_if_signalled(completed_steps)
+            if "validation" in eval_loaders:
+                metrics = compute_metrics(predict(model, eval_loaders["validation"], accelerator, source))
+                accelerator.print(f"epoch {epoch}: " + format_metrics(metrics))
+                if args.with_tracking:
+                    accelerator.log({f"validation/{k}": v for k, v in metrics.items() if not isinstance(v, dict)},
+                                    step=completed_steps)
             if completed_steps >= max_steps:
                 break
-        if args.checkpointing_steps == "epoch" and completed_steps < max_steps:
-            save_checkpoint(accelerator, output_dir, completed_steps)
-        if "validation" in eval_loaders:
-            metrics = compute_metrics(predict(model, eval_loaders["validation"], accelerator, source))
-            accelerator.print(f"epoch {epoch}: " + format_metrics(metrics))
-            if args.with_tracking:
-                accelerator.log({f"validation/{k}": v for k, v in metrics.items() if not isinstance(v, dict)},
-                                step=completed_steps)
-        if completed_steps >= max_steps:
-            break
-    progress.close()
-    guard.uninstall()
+        progress.close()
 
     # Final model (EMA weights when on), evaluated on every evaluation split and saved ready for pipeline()
     final = accelerator.unwrap_model(model) if ema is None else ema.module
