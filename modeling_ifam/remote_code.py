@@ -39,4 +39,6 @@ def write_remote_code(save_directory: str | Path) -> list[Path]:
     config = json.loads(config_path.read_text())
     config["auto_map"] = AUTO_MAP
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return written + [config_path]
+    from .pipeline_registration import register_pipeline_in  # the ifam-explanation pipeline and image processor
+
+    return written + [config_path] + register_pipeline_in(save_directory)

@@ -88,7 +88,8 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 
 def test_trust_remote_code_without_the_package(saved, tmp_path):
     folder, model, image_path = saved
-    assert sorted(p.name for p in folder.glob("*.py")) == ["configuration_ifam.py", "modeling_ifam.py", "part_losses.py"]
+    assert sorted(p.name for p in folder.glob("*.py")) == [
+        "configuration_ifam.py", "image_processing_ifam.py", "modeling_ifam.py", "part_losses.py", "pipeline_ifam.py"]
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForImageClassification"] == (
         "modeling_ifam.IFAMForImageClassification"
     )
