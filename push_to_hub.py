@@ -2,6 +2,7 @@
 
     python push_to_hub.py outputs/synthetic --repo_id me/ifam-waterbirds
     python push_to_hub.py outputs/synthetic --dry-run --output-dir /tmp/upload     # writes exactly what would go up
+    python push_to_hub.py outputs/synthetic --repo_id me/ifam --space_id me/ifam-demo   # the model and a demo Space
 
 The repository holds the safetensors weights, the config (with the token-removal thresholds), the part statistics, the
 image processor, the modeling code for `trust_remote_code` users, and a model card with the Hub's metadata block
@@ -19,6 +20,7 @@ import yaml
 
 from ifam_interventions.calibration import STATISTICS_FILE
 from ifam_interventions.leave_one_out import TABLE_FILE, markdown_table
+from ifam_train.space import publish_space, write_space
 from modeling_ifam import IFAMConfig, write_remote_code
 
 REQUIRED = ("config.json", "model.safetensors", "preprocessor_config.json")
@@ -59,6 +61,8 @@ def model_card(folder: Path, repo_id: str, dataset: str | None) -> str:
         "## Use", "", "```python",
         "from transformers import pipeline, AutoModelForImageClassification",
         f'classifier = pipeline("image-classification", model="{repo_id}", trust_remote_code=True)',
+        f'explain = pipeline(model="{repo_id}", trust_remote_code=True)  # labels, part masks, stage-2 mask',
+        'explain(image, parts_to_drop=[0])       # the explanation under an intervention',
         f'model = AutoModelForImageClassification.from_pretrained("{repo_id}", trust_remote_code=True)',
         "outputs = model(pixel_values)            # outputs.logits, outputs.token_mask, outputs.part_maps",
         "model(pixel_values, parts_to_drop=[k])   # part removal",
@@ -126,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default=None, help="Default: the token from HF_TOKEN or `hf auth login`.")
     parser.add_argument("--dry-run", action="store_true", help="Write the files to --output-dir; upload nothing.")
     parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--space_id", default=None,
+                        help="Also publish the demo (demo/app.py) as this Gradio Space, pointed at the model.")
+    parser.add_argument("--space_output_dir", default=None,
+                        help="Dry run with --space_id: where the Space folder goes (default: OUTPUT_DIR_space).")
     args = parser.parse_args(argv)
     repo_id = args.repo_id or Path(args.folder).resolve().name
     if args.dry_run:
@@ -133,8 +141,16 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--dry-run needs --output-dir")
         files = prepare_upload(args.folder, args.output_dir, repo_id, args.dataset)
         print(f"dry run: {len(files)} files for {repo_id} written to {args.output_dir}:", *[f.name for f in files])
+        if args.space_id:
+            space_dir = args.space_output_dir or f"{str(args.output_dir).rstrip('/')}_space"
+            files = write_space(space_dir, repo_id)
+            print(f"dry run: Space {args.space_id} ({len(files)} files) written to {space_dir}")
         return
     print(publish(args.folder, repo_id, args.token, args.private, args.dataset))
+    if args.space_id:
+        with tempfile.TemporaryDirectory() as staging:
+            write_space(staging, repo_id)
+            print(publish_space(staging, args.space_id, args.token, args.private))
 
 
 if __name__ == "__main__":

@@ -36,17 +36,20 @@ class DemoError(Exception):
     """A problem to show to the user; the app keeps running."""
 
 
-class UploadedImage(gr.Image):
-    """`gr.Image` that hands an undecodable upload to the app (which says what is wrong) instead of failing inside
-    Gradio's preprocessing with a generic error."""
+def tolerate_undecodable_uploads(component: gr.Image) -> gr.Image:
+    """Make an upload that Pillow cannot decode reach the app (which says what is wrong) instead of failing inside
+    Gradio's preprocessing with a generic error. (On the instance: a `gr.Image` subclass would make Gradio write a
+    `.pyi` stub beside this file.)"""
+    preprocess = component.preprocess
 
-    is_template = True  # the browser side is gr.Image's
-
-    def preprocess(self, payload):
+    def tolerant(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except Exception:
             return None if payload is None or payload.path is None else str(payload.path)
+
+    component.preprocess = tolerant
+    return component
 
 
 def part_colour(part: int) -> np.ndarray:
@@ -173,18 +176,21 @@ def scores(predictions: list[dict]) -> dict[str, float]:
     return {p["label"]: p["score"] for p in predictions}
 
 
-def build_app(model_name_or_path: str | None = DEFAULT_MODEL) -> gr.Blocks:
-    """The Gradio app. One model at a time, shared by all sessions."""
-    state = {"explainer": None}
+class DemoSession:
+    """The app's callbacks: the loaded model (one at a time, shared by all browser sessions) and the outputs."""
 
-    def load(name):
+    def __init__(self):
+        self.explainer: Explainer | None = None
+
+    def load(self, name: str) -> tuple:
+        """-> status, part checkboxes, token-removal control, legend, and cleared prediction/pictures."""
         try:
             explainer = Explainer(name)
         except DemoError as error:
-            state["explainer"] = None
+            self.explainer = None
             return (f"⚠️ {error}", gr.update(choices=[], value=[]),
                     gr.update(choices=[OFF], value=OFF, interactive=False), "", None, None, None, None)
-        state["explainer"] = explainer
+        self.explainer = explainer
         parts = [(explainer.part_name(k), k) for k in range(explainer.num_parts)]
         if explainer.percentiles:
             removal = gr.update(choices=[OFF] + [f"{q:g}" for q in explainer.percentiles], value=OFF, interactive=True,
@@ -200,15 +206,24 @@ def build_app(model_name_or_path: str | None = DEFAULT_MODEL) -> gr.Blocks:
         return (status, gr.update(choices=parts, value=list(range(explainer.num_parts))), removal,
                 legend_html(explainer), None, None, None, None)
 
-    def explain(image, kept_parts, removal):
-        explainer = state["explainer"]
+    def explain(self, image, kept_parts, removal) -> tuple:
+        """-> status, legend, prediction, parts picture, stage-2 picture, stage-1 prediction."""
+        explainer = self.explainer
         if explainer is None:
             return "⚠️ Load an iFAM model first.", "", None, None, None, None
         if image is None:  # (also after a model load resets the controls: keep its status)
             return gr.update(), legend_html(explainer), None, None, None, None
-        kept = {int(part) for part in (kept_parts or [])}
-        parts_to_drop = [part for part in range(explainer.num_parts) if part not in kept]
-        percentile = None if removal in (None, OFF) else float(removal)
+        try:
+            kept = {int(part) for part in (kept_parts or [])}
+        except (TypeError, ValueError):
+            return f"⚠️ Parts must be part indices, got {kept_parts!r}.", legend_html(explainer), None, None, None, None
+        # a kept part the model does not have is an error too (the pipeline says which)
+        parts_to_drop = [part for part in range(explainer.num_parts) if part not in kept] + sorted(
+            part for part in kept if not 0 <= part < explainer.num_parts)
+        try:
+            percentile = None if removal in (None, OFF) else float(removal)
+        except (TypeError, ValueError):
+            return f"⚠️ Unknown token-removal percentile {removal!r}.", legend_html(explainer), None, None, None, None
         try:
             picture, result = explainer.explain(image, parts_to_drop, percentile)
         except DemoError as error:
@@ -224,6 +239,12 @@ def build_app(model_name_or_path: str | None = DEFAULT_MODEL) -> gr.Blocks:
         return (status, legend_html(explainer, parts_to_drop), scores(result["predictions"]),
                 parts_picture(picture, result), stage2_picture(picture, result), scores(result["stage1_predictions"]))
 
+
+def build_app(model_name_or_path: str | None = DEFAULT_MODEL) -> gr.Blocks:
+    """The Gradio app, loading `model_name_or_path` when the page opens (or the model typed in the box)."""
+    session = DemoSession()
+    load, explain = session.load, session.explain
+
     with gr.Blocks(title="iFAM: inherently faithful attention maps") as app:
         gr.Markdown(
             "# iFAM: see the explanation, act on it\n"
@@ -237,8 +258,8 @@ def build_app(model_name_or_path: str | None = DEFAULT_MODEL) -> gr.Blocks:
         status = gr.Markdown(elem_id="status")
         with gr.Row():
             with gr.Column():
-                image = UploadedImage(type="filepath", label="Image", sources=["upload"], elem_id="input-image",
-                                      format="png")
+                image = tolerate_undecodable_uploads(gr.Image(type="filepath", label="Image", sources=["upload"],
+                                                              elem_id="input-image", format="png"))
                 examples = sorted(EXAMPLES_DIR.glob("*.png"))
                 if examples:
                     gr.Examples([[str(path)] for path in examples], inputs=[image], label="Examples")
