@@ -20,7 +20,7 @@ def _resized_size(size: dict, do_resize: bool, height: int, width: int) -> tuple
         return height, width
     size = {key: value for key, value in dict(size).items() if value is not None}
     if "shortest_edge" in size and "longest_edge" in size:
-        from transformers.image_utils import get_size_with_aspect_ratio
+        from transformers.image_transforms import get_size_with_aspect_ratio
 
         return tuple(get_size_with_aspect_ratio((height, width), size["shortest_edge"], size["longest_edge"]))
     if "shortest_edge" in size:

@@ -92,8 +92,35 @@ def displayed_image(driver, element_id: str) -> Image.Image:
         return Image.open(io.BytesIO(response.read())).convert("RGB")
 
 
+def wait_for_picture(driver, element_id: str, expected: Image.Image, timeout=30) -> np.ndarray:
+    """Poll until the output shows `expected` pixel for pixel (the event renders its outputs together, but the image is
+    fetched separately); fail with the number of differing pixels."""
+    expected = np.asarray(expected)
+    shown = None
+
+    def matches(d):
+        nonlocal shown
+        shown = np.asarray(displayed_image(d, element_id))
+        return shown.shape == expected.shape and (shown == expected).all()
+
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=0.3).until(matches)
+    except Exception:
+        differing = "shape " + str(shown.shape) if shown.shape != expected.shape else int((shown != expected).any(-1).sum())
+        raise AssertionError(f"#{element_id} does not show the expected picture ({differing} pixels differ)") from None
+    return shown
+
+
+def wait_for_text(driver, element_id: str, *parts: str, timeout=30) -> str:
+    WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+        lambda d: all(part in text_of(d, element_id) for part in parts),
+        message=f"#{element_id} never showed {parts}")
+    return text_of(driver, element_id)
+
+
 def percent(score: float) -> str:
-    return f"{round(100 * score)}%"
+    """How gr.Label shows a confidence (JavaScript's Math.round)."""
+    return f"{int(np.floor(100 * score + 0.5))}%"
 
 
 def test_demo_in_a_browser(served, browser, tmp_path):
@@ -123,25 +150,21 @@ def test_demo_in_a_browser(served, browser, tmp_path):
     browser.find_element(By.CSS_SELECTOR, "#input-image input[type=file]").send_keys(str(image_path))
     status = wait_for_status(browser, lambda s: "Stage 2 saw" in s)
     assert f"{100 * before['stage2_fraction']:.1f}%" in status
-    shown = text_of(browser, "prediction")
-    assert before["predictions"][0]["label"] in shown and percent(before["predictions"][0]["score"]) in shown
-    assert before["stage1_predictions"][0]["label"] in text_of(browser, "stage1-prediction")
-    expected_seen = demo_app.stage2_picture(picture, before)
-    np.testing.assert_array_equal(np.asarray(displayed_image(browser, "stage2-image")), np.asarray(expected_seen))
-    np.testing.assert_array_equal(np.asarray(displayed_image(browser, "parts-image")),
-                                  np.asarray(demo_app.parts_picture(picture, before)))
+    top = before["predictions"][0]
+    wait_for_text(browser, "prediction", top["label"], percent(top["score"]))
+    wait_for_text(browser, "stage1-prediction", before["stage1_predictions"][0]["label"])
+    seen_before = wait_for_picture(browser, "stage2-image", demo_app.stage2_picture(picture, before))
+    wait_for_picture(browser, "parts-image", demo_app.parts_picture(picture, before))
 
     # untick the part: stage 2 sees less, and its prediction is the model's without that part
-    checkbox = browser.find_element(By.XPATH, f"//*[@id='parts']//label[contains(., 'part {part}')]")
-    checkbox.click()
+    browser.find_element(By.XPATH, f"//*[@id='parts']//label[contains(., 'part {part}')]").click()
     status = wait_for_status(browser, lambda s: f"removed part {part}" in s)
     assert f"{100 * after['stage2_fraction']:.1f}%" in status and after["stage2_fraction"] < before["stage2_fraction"]
-    shown = text_of(browser, "prediction")
-    assert after["predictions"][0]["label"] in shown and percent(after["predictions"][0]["score"]) in shown
-    seen_after = np.asarray(displayed_image(browser, "stage2-image"))
-    np.testing.assert_array_equal(seen_after, np.asarray(demo_app.stage2_picture(picture, after)))
-    assert (seen_after != np.asarray(expected_seen)).any()
-    assert "(removed)" in text_of(browser, "legend")
+    top = after["predictions"][0]
+    wait_for_text(browser, "prediction", top["label"], percent(top["score"]))
+    seen_after = wait_for_picture(browser, "stage2-image", demo_app.stage2_picture(picture, after))
+    assert (seen_after != seen_before).any()
+    wait_for_text(browser, "legend", "(removed)")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))
 

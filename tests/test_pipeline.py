@@ -251,3 +251,16 @@ def test_shipped_files_import_only_what_the_hub_has():
             else:
                 continue
             assert roots <= allowed, f"{name} imports {roots}"
+
+
+@pytest.mark.parametrize("kwargs, size, outside", [
+    (dict(do_resize=False, crop_size={"height": 28, "width": 28}), (20, 40), 20 * 12),  # padded rows, cropped columns
+    (dict(size={"height": 28, "width": 28}, crop_size={"height": 28, "width": 28}), (50, 30), 0),  # squashed, no crop
+    (dict(size={"shortest_edge": 28, "longest_edge": 56}, crop_size={"height": 28, "width": 28}), (30, 90), 30 * 45),  # 19x56, half the width cropped
+])
+def test_post_process_part_maps_geometries(kwargs, size, outside):
+    processor = IFAMImageProcessorPil(**{**PROCESSOR, **kwargs})
+    outputs = {"part_maps": torch.rand(1, 4, 4, 4), "token_mask": torch.ones(1, 16, dtype=torch.bool)}
+    maps = processor.post_process_part_maps(outputs, target_sizes=torch.tensor([size]))[0]
+    assert tuple(maps["segmentation"].shape) == size
+    assert int((maps["segmentation"] == -1).sum()) == outside == int((~maps["stage2_mask"]).sum())
