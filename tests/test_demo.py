@@ -6,7 +6,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -137,12 +136,10 @@ SPACE_SCRIPT = textwrap.dedent(
 def converted_reference(tmp_path) -> tuple[Path, torch.nn.Module]:
     """A reference-format checkpoint through `modeling_ifam.convert_reference` (with the remote code)."""
     from test_convert_reference import random_model, to_reference_ifam_hf
-    from transformers import Dinov2Config as BaseConfig
-
     from modeling_ifam.convert_reference import main
 
     model = random_model()
-    BaseConfig(**TINY).save_pretrained(tmp_path / "base")
+    Dinov2Config(**TINY).save_pretrained(tmp_path / "base")
     torch.save({"model_state": to_reference_ifam_hf(model)}, tmp_path / "ckpt.pth")
     main([str(tmp_path / "ckpt.pth"), "--output-dir", str(tmp_path / "converted"), "--num-parts", "3",
           "--num-labels", "3", "--base-config", str(tmp_path / "base" / "config.json"), "--remote-code"])

@@ -1,7 +1,6 @@
 """The `ifam-explanation` pipeline, `IFAMImageProcessor.post_process_part_maps`, and their registration in saved folders."""
 
 import ast
-import io
 import json
 import subprocess
 import sys
