@@ -1,7 +1,7 @@
 """Inference and training throughput of iFAM against a plain DINOv2 classifier, measured side by side in one run.
 
     python benchmarks/throughput.py                       # ViT-S/14 at 224, batch 16, float32 (fits a 2-core CPU)
-    python benchmarks/throughput.py --size base --image-size 518 --dtype bfloat16 --device cuda   # the paper's setting
+    python benchmarks/throughput.py --size base --image_size 518 --dtype bfloat16 --device cuda   # the paper's setting
 
 Configurations, all with random weights and the selection fixed by `token_mask` (random weights select arbitrarily):
   (a) iFAM, stage 2 on the selected tokens only, packed (`stage2_inference="packed"`)
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from transformers import Dinov2Config, Dinov2ForImageClassification
 
-from configuration_ifam import IFAMConfig
 from ifam_train.optim import set_trainable
-from modeling_ifam import IFAMForImageClassification
+from ifam_train.reporting import markdown_table
+from modeling_ifam import IFAMConfig, IFAMForImageClassification
 
 SIZES = {
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
@@ -36,17 +36,19 @@ SIZES = {
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=SIZES, default="small")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-parts", type=int, default=8)
+    parser.add_argument("--image_size", "--image-size", type=int, default=224)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=16)
+    parser.add_argument("--num_parts", "--num-parts", type=int, default=8)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--varied-draws", type=int, default=4, help="Selections drawn for the varied regime.")
+    parser.add_argument("--varied_draws", "--varied-draws", type=int, default=4,
+                        help="Selections drawn for the varied regime.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models (eval mode).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="Write the figures and ratios here.")
+    parser.add_argument("--output_file", "--output-file", "--json", dest="output_file", type=Path, default=None,
+                        help="Write the figures and ratios to this JSON file.")
     return parser.parse_args(argv)
 
 
@@ -168,7 +170,7 @@ def main(argv=None) -> dict:
                 ifam.stage2(pixel_values, mask, weights)
         return step
 
-    figures = {"setting": {**vars(args), "json": str(args.json), "machine": machine(device)}}
+    figures = {"setting": {**vars(args), "json": str(args.output_file), "machine": machine(device)}}
     steps = {"d_dinov2": inference(run_dinov2)}
     for regime, masks in (("25", [regimes["25"]]), ("varied", varied_draws)):
         for label, mode in (("a_packed", "packed"), ("b_padded", "padded"), ("c_masked", "masked")):
@@ -221,9 +223,9 @@ def main(argv=None) -> dict:
         / results["d_train_step"]["seconds_per_batch"],
     }
     print(table(figures))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    if args.output_file:
+        args.output_file.parent.mkdir(parents=True, exist_ok=True)
+        args.output_file.write_text(json.dumps(figures, indent=2) + "\n")
     return figures
 
 
@@ -238,13 +240,12 @@ def table(figures: dict) -> str:
     lines = [
         f"{setting['size']} ViT/14 at {setting['image_size']} px, batch {setting['batch_size']}, {setting['dtype']}, "
         f"{setting['machine']}",
-        "| configuration | images/s | peak memory (MiB) |",
-        "|---|---|---|",
+        markdown_table(["configuration", "images/s", "peak memory (MiB)"],
+                       [[name, f"{figure['images_per_second']:.1f}", f"{figure['peak_memory_mib']:.0f}"]
+                        for name, figure in figures["results"].items()]),
+        "",
+        markdown_table(["ratio", "value"], [[name, f"{value:.3f}"] for name, value in figures["ratios"].items()]),
     ]
-    for name, figure in figures["results"].items():
-        lines.append(f"| {name} | {figure['images_per_second']:.1f} | {figure['peak_memory_mib']:.0f} |")
-    lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {name} | {value:.3f} |" for name, value in figures["ratios"].items()]
     return "\n".join(lines)
 
 

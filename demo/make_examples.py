@@ -9,7 +9,10 @@ from pathlib import Path
 from ifam_data.synthetic import make_synthetic_benchmark
 
 
-def make_examples(folder: str | Path = Path(__file__).resolve().with_name("examples"), seed: int = 0) -> list[Path]:
+EXAMPLES_DIR = Path(__file__).resolve().with_name("examples")
+
+
+def make_examples(folder: str | Path = EXAMPLES_DIR, seed: int = 0) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     test = make_synthetic_benchmark(num_train=2, num_validation=2, num_test=16, image_size=112, patch_size=14,

@@ -14,22 +14,17 @@ A linear probe measures what a linear read-out finds, not everything the network
 masked-modelling backbones that `synthetic.py` pretrains.
 """
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import Dinov2Model, HfArgumentParser
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-
-from ifam_data.synthetic import mask_to_token_mask  # noqa: E402
-from ifam_train.data import dinov2_processor, eval_dataloader  # noqa: E402
-from synthetic import benchmark  # noqa: E402
-from transformers import Dinov2Model  # noqa: E402
+from ifam_data.synthetic import mask_to_token_mask
+from ifam_train.arguments import DataArguments
+from ifam_train.data import eval_dataloader, load_training_data
+from modeling_ifam import dinov2_image_processor
 
 
 @torch.no_grad()
@@ -38,7 +33,7 @@ def features(backbone: Dinov2Model, split) -> dict[str, torch.Tensor]:
     image: pooled [L, B, D] (mean over the ground-truth object patches) and labels [B]."""
     patches, foreground, pooled, labels = [], [], [], []
     patch_size = backbone.config.patch_size
-    for batch in eval_dataloader(split, dinov2_processor(backbone.config.image_size), 256):
+    for batch in eval_dataloader(split, dinov2_image_processor(backbone.config.image_size), 256):
         outputs = backbone(batch["pixel_values"], output_hidden_states=True)
         layers = torch.stack([h[:, 1:] for h in outputs.hidden_states[1:-1]] + [outputs.last_hidden_state[:, 1:]])
         mask = mask_to_token_mask(batch["mask"], patch_size)  # [B, N]
@@ -74,17 +69,17 @@ def predict(probe, standardise, inputs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HfArgumentParser(DataArguments, description=__doc__)
+    parser.set_defaults(synthetic_regime="ood")
     parser.add_argument("backbone", help="A Dinov2Model folder (e.g. a `pretrained` folder of synthetic.py).")
-    parser.add_argument("--regime", default="ood", choices=["ood", "correlated"])
     parser.add_argument("--seed", type=int, default=0, help="The benchmark's seed (the one the backbone saw).")
-    parser.add_argument("--num_train", type=int, default=3000)
-    parser.add_argument("--output", type=Path, default=None, help="Also write the figures to this JSON file.")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output_file", "--output-file", "--output", dest="output_file", type=Path, default=None,
+                        help="Also write the figures to this JSON file.")
+    data_args, args = parser.parse_args_into_dataclasses(argv)
 
     torch.manual_seed(0)
     backbone = Dinov2Model.from_pretrained(args.backbone).eval()
-    data = benchmark(args.regime, args.num_train, args.seed)
+    data = load_training_data(data_args, seed=args.seed)
     splits = {name: features(backbone, data[name]) for name in ("train", "validation", "test")}
     train, num_classes = splits["train"], len(data["train"].features["label"].names)
     report = []
@@ -106,9 +101,10 @@ def main(argv=None):
     foreground_share = 100 * train["foreground"].float().mean().item()
     print(f"object patches: {foreground_share:.1f}% of the training patches (always answering 'background' scores "
           f"{100 - foreground_share:.1f}% figure/ground accuracy)")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"backbone": args.backbone, "regime": args.regime, "seed": args.seed,
+    if args.output_file:
+        args.output_file.parent.mkdir(parents=True, exist_ok=True)
+        args.output_file.write_text(json.dumps({"backbone": args.backbone, "regime": data_args.synthetic_regime,
+                                                "seed": args.seed,
                                            "object_patch_share": foreground_share, "layers": report}, indent=2) + "\n")
 
 

@@ -22,6 +22,10 @@ Regimes: "ood" (CUB -> Waterbird200 analogue: backgrounds independent of the cla
 among them line textures that resemble the class stripes) and "correlated" (Waterbirds analogue: each class on its own
 background kind 95% of the time in training, balanced test).
 
+The iFAM rows (and their token-removal rows) also say how well the parts are discovered: NMI and ARI between the part
+found at each of the objects' five landmarks and the landmark, and keypoint regression Kp (the landmarks regressed from
+the part centroids, fitted on train; error in % of the object's box), by `ifam_interventions.evaluate_parts`.
+
 Writes `results/synthetic.json` (one row per regime and method: mean and std over seeds, accuracies in percent) and
 `results/synthetic.md` (`synthetic_quick.*` with `--quick`).
 """
@@ -31,25 +35,24 @@ import json
 import multiprocessing
 import os
 import statistics
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from pretrain_mim import pretrain  # the sibling script (this script's folder is on the path when it runs)
+from transformers import Dinov2Config
+
+from ifam_interventions.evaluate_parts import evaluate_parts
+from ifam_interventions.leave_one_out import leave_one_out
+from ifam_train import train
+from ifam_train.arguments import DataArguments
+from ifam_train.data import eval_dataloader, load_training_data
+from ifam_train.evaluation import compute_metrics, predict
+from ifam_train.reporting import markdown_table
+from modeling_ifam import IFAMForImageClassification, dinov2_image_processor
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import train  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-from ifam_interventions.leave_one_out import leave_one_out  # noqa: E402
-from ifam_train.arguments import parse_args  # noqa: E402
-from ifam_train.data import dinov2_processor, eval_dataloader, load_training_data  # noqa: E402
-from ifam_train.evaluation import compute_metrics, predict  # noqa: E402
-from modeling_ifam import IFAMForImageClassification  # noqa: E402
-from pretrain_mim import pretrain  # noqa: E402
-from transformers import Dinov2Config  # noqa: E402
 
 STAGE1_OFF = [f"--{name}_loss_weight=0" for name in (
     "stage1_classification", "presence", "equivariance", "orthogonality", "total_variation", "entropy", "background")]
@@ -62,24 +65,29 @@ METHODS = {  # name: (K, train.py options)
     "early mask, central block": (1, ["--num_parts", "1", "--token_mask_source", "center", *STAGE1_OFF]),
 }
 METRICS = ("average_accuracy", "worst_group_accuracy", "fg_miou")
+PART_METRICS = ("nmi", "ari", "keypoint_regression_error")  # iFAM rows: how well the parts are discovered
 
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="One seed, the ood regime, K = 2.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--regimes", nargs="+", default=None)
-    parser.add_argument("--parts", type=int, nargs="+", default=None)
-    parser.add_argument("--num_train", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--pretrain_epochs", type=int, default=30,
+    parser.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--synthetic_regime", "--synthetic-regime", "--regimes", dest="regimes", nargs="+",
+                        choices=["ood", "correlated"], default=None)
+    parser.add_argument("--num_parts", "--num-parts", "--parts", dest="parts", type=int, nargs="+", default=None)
+    parser.add_argument("--synthetic_num_train", "--synthetic-num-train", "--num_train", dest="num_train", type=int,
+                        default=3000)
+    parser.add_argument("--num_train_epochs", "--num-train-epochs", "--epochs", dest="epochs", type=int, default=10)
+    parser.add_argument("--pretrain_epochs", "--pretrain-epochs", type=int, default=30,
                         help="Masked-patch pretraining epochs before training (0: every model from scratch).")
-    parser.add_argument("--backbone_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--backbone_learning_rate", "--backbone-learning-rate", type=float, default=1e-3)
     parser.add_argument("--jobs", type=int, default=2,
                         help="(regime, seed) pairs trained at once, in separate processes sharing the CPU cores "
-                        "(measured on 2 cores: two one-thread processes finish the same runs in 26%% less time than one).")
-    parser.add_argument("--work_dir", type=Path, default=ROOT / "outputs" / "experiments")
-    parser.add_argument("--results_dir", type=Path, default=ROOT / "results")
+                        "(measured on 2 cores: two one-thread processes finish the same runs in 26%% less time than "
+                        "one).")
+    parser.add_argument("--work_dir", "--work-dir", type=Path, default=ROOT / "outputs" / "experiments")
+    parser.add_argument("--output_dir", "--output-dir", "--results_dir", dest="results_dir", type=Path,
+                        default=ROOT / "results", help="Where the JSON and Markdown tables go.")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.regimes = args.regimes or (["ood"] if args.quick else ["ood", "correlated"])
@@ -90,9 +98,8 @@ def parse(argv=None):
 
 
 def benchmark(regime: str, num_train: int, seed: int):
-    """The built-in benchmark's `DatasetDict` exactly as train.py loads it for these settings (cached on disk)."""
-    return load_training_data(parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(num_train),
-                                          "--seed", str(seed)]))
+    """The built-in benchmark's `DatasetDict` exactly as `ifam-train` loads it for these settings (cached on disk)."""
+    return load_training_data(DataArguments(synthetic_regime=regime, synthetic_num_train=num_train), seed=seed)
 
 
 def pretrained_backbone(args, regime: str, seed: int) -> str:
@@ -101,14 +108,15 @@ def pretrained_backbone(args, regime: str, seed: int) -> str:
     if (folder / "config.json").is_file():
         return str(folder)
     data = benchmark(regime, args.num_train, seed)["train"]
-    images = torch.cat([batch["pixel_values"] for batch in eval_dataloader(data, dinov2_processor(56), 256)])
+    images = torch.cat([batch["pixel_values"] for batch in eval_dataloader(data, dinov2_image_processor(56), 256)])
     config = Dinov2Config(**train.SMALL_BACKBONE, patch_size=7, image_size=56)
     pretrain(images, config, folder, epochs=args.pretrain_epochs, seed=seed)
     return str(folder)
 
 
 def run(args, regime: str, seed: int, name: str, options: list[str]) -> Path:
-    folder = args.work_dir / regime / f"seed{seed}" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+    slug = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+    folder = args.work_dir / regime / f"seed{seed}" / slug
     if not (folder / "metrics.json").is_file():
         start = ["--model_name_or_path", pretrained_backbone(args, regime, seed)] if args.pretrain_epochs else []
         train.main([
@@ -123,7 +131,7 @@ def run(args, regime: str, seed: int, name: str, options: list[str]) -> Path:
 def evaluate_split(folder: Path, regime: str, seed: int, split: str, args, **forward_kwargs):
     """Test metrics of a trained iFAM folder, also with interventions or its stage-1 predictions."""
     model = IFAMForImageClassification.from_pretrained(folder).eval()
-    loader = eval_dataloader(benchmark(regime, args.num_train, seed)[split], dinov2_processor(56), 256)
+    loader = eval_dataloader(benchmark(regime, args.num_train, seed)[split], dinov2_image_processor(56), 256)
     return model, loader
 
 
@@ -145,7 +153,17 @@ def rows_for_seed(args, regime: str, seed: int) -> dict[str, dict]:
             rows[label] = {"K": parts, **{m: 100 * metrics[m] for m in METRICS if m in metrics}}
             if label.startswith("iFAM K="):
                 rows.update(intervention_rows(args, regime, seed, label, parts, folder, accelerator))
+                for row in part_rows(args, regime, seed, folder, accelerator):
+                    key = label if row["percentile"] is None else f"{label} + token removal q={row['percentile']:g}"
+                    rows[key].update({m: 100 * row[m] for m in PART_METRICS if m in row})
     return rows
+
+
+def part_rows(args, regime, seed, folder, accelerator) -> list[dict]:
+    """NMI, ARI and Kp of the model's parts on test (Kp fitted on train), without and with token removal."""
+    model, test = evaluate_split(folder, regime, seed, "test", args)
+    _, train_split = evaluate_split(folder, regime, seed, "train", args)
+    return evaluate_parts(model, test, train_split, accelerator, percentiles=(97.0, 99.0))
 
 
 def intervention_rows(args, regime, seed, label, parts, folder, accelerator) -> dict[str, dict]:
@@ -170,7 +188,7 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
     for method in per_seed[0]:
         runs = [seed_rows[method] for seed_rows in per_seed]
         row = {"method": method, "K": runs[0]["K"]}
-        for metric in METRICS:
+        for metric in METRICS + PART_METRICS:
             values = [r[metric] for r in runs if metric in r]
             if values:
                 row[metric] = {"mean": statistics.fmean(values),
@@ -181,13 +199,13 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
 
 def markdown(table: dict[str, list[dict]], seeds: int) -> str:
     lines = []
+    header = ["method", "K", "average accuracy", "worst-group accuracy", "foreground mIoU", "NMI", "ARI", "Kp ↓"]
     for regime, rows in table.items():
+        cells = [[row["method"], row["K"] if row["K"] is not None else "–"]
+                 + [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS + PART_METRICS]
+                 for row in rows]
         lines += [f"### Regime `{regime}` ({seeds} seed{'s' * (seeds > 1)}, test split, %)", "",
-                  "| method | K | average accuracy | worst-group accuracy | foreground mIoU |", "|---|---|---|---|---|"]
-        for row in rows:
-            cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS]
-            lines.append(f"| {row['method']} | {row['K'] if row['K'] is not None else '–'} | " + " | ".join(cells) + " |")
-        lines.append("")
+                  markdown_table(header, cells), ""]
     return "\n".join(lines)
 
 

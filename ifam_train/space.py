@@ -4,7 +4,7 @@
     publish_space("/tmp/space", space_id="me/ifam-cub-demo")          # create the Space and upload the folder
 
 The Space installs no `ifam` package: the app runs the model repository's own code (`trust_remote_code`), which
-`push_to_hub.py` uploads with the model (the modeling code, the `ifam-explanation` pipeline and the image processor).
+`ifam-push-to-hub` uploads with the model (the modeling code, the `ifam-explanation` pipeline and the image processor).
 """
 
 import shutil

@@ -1,16 +1,21 @@
-"""Image processor of iFAM: DINOv2's preprocessing, plus the geometry that maps the patch-level explanation back onto
-the input image (`post_process_part_maps`).
+"""The image processor of an iFAM model: DINOv2's preprocessing (`dinov2_image_processor`, the one place it is built),
+plus the geometry that maps the patch-level explanation back onto the input image (`post_process_part_maps`).
 
-This module is copied to the Hub for ``trust_remote_code`` users: it imports only torch and transformers.
+`IFAMImageProcessor` is registered for `AutoImageProcessor` (`register_for_auto_class` in `__init__.py`): its
+`save_pretrained` copies this module beside the weights, and `IFAMPreTrainedModel.save_pretrained` names it in
+`config.json`'s `auto_map` (see `IFAMImageProcessorMixin.to_dict` for why there and not in `preprocessor_config.json`).
+This module is copied to the Hub for ``trust_remote_code`` users: it imports only numpy, torch and transformers.
 """
 
 import numpy as np
 import torch
 from transformers import BitImageProcessor, BitImageProcessorPil
 from transformers.image_transforms import get_resize_output_image_size
-from transformers.image_utils import ChannelDimension
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, PILImageResampling
 
 
+# `config.json`'s `auto_map` entry of the processor (written by `IFAMPreTrainedModel.save_pretrained`)
+AUTO_MAP_ENTRY = {"AutoImageProcessor": "image_processing_ifam.IFAMImageProcessor"}
 OUTSIDE = -1  # `segmentation` value of pixels that the centre crop cut away: no patch, neither stage saw them
 
 
@@ -119,6 +124,21 @@ class IFAMImageProcessorMixin:
         """
         return post_process_part_maps(self, outputs, target_sizes)
 
+    def to_dict(self) -> dict:
+        """
+        The processor's parameters as `preprocessor_config.json` holds them: without `image_processor_type` and
+        `auto_map`. `AutoImageProcessor` then reads the model's `config.json`, whose `auto_map` names this class
+        (`IFAMPreTrainedModel.save_pretrained` writes it). An `auto_map` here would make every pipeline, the stock
+        `image-classification` one included, try to load a remote *video* processor (transformers 5 derives
+        `AutoVideoProcessor`'s entry from `AutoImageProcessor`'s, `IFAMVideoProcessor`, which does not exist) and ask
+        "Do you wish to run the custom code?" on a terminal; `image_processor_type: IFAMImageProcessor` would stop
+        `AutoImageProcessor` from reading `config.json` where the package is not installed.
+        """
+        output = super().to_dict()
+        output.pop("image_processor_type", None)
+        output.pop("auto_map", None)
+        return output
+
 
 class IFAMImageProcessor(IFAMImageProcessorMixin, BitImageProcessor):
     """DINOv2's image processor (`BitImageProcessor`, the torchvision backend) with `post_process_part_maps`."""
@@ -128,4 +148,27 @@ class IFAMImageProcessorPil(IFAMImageProcessorMixin, BitImageProcessorPil):
     """DINOv2's image processor (`BitImageProcessorPil`, the PIL backend) with `post_process_part_maps`."""
 
 
-__all__ = ["IFAMImageProcessor", "IFAMImageProcessorPil", "post_process_part_maps", "OUTSIDE"]
+def dinov2_image_processor(image_size: int) -> IFAMImageProcessor:
+    """
+    DINOv2's evaluation preprocessing at a resolution: resize the short side to `image_size * 256 / 224` (bicubic),
+    centre-crop to `image_size`, normalise with the ImageNet statistics.
+
+    Args:
+        image_size (`int`):
+            The side of the square crop the model sees.
+
+    Returns:
+        `IFAMImageProcessor`: `BitImageProcessor`'s preprocessing, with `post_process_part_maps`.
+    """
+    return IFAMImageProcessor(
+        size={"shortest_edge": round(image_size * 256 / 224)},
+        crop_size={"height": image_size, "width": image_size},
+        resample=PILImageResampling.BICUBIC,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+        do_convert_rgb=True,
+    )
+
+
+__all__ = ["IFAMImageProcessor", "IFAMImageProcessorPil", "dinov2_image_processor", "post_process_part_maps",
+           "OUTSIDE", "AUTO_MAP_ENTRY"]

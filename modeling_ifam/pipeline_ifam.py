@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
-from .image_processing_ifam import OUTSIDE, post_process_part_maps
+from .image_processing_ifam import AUTO_MAP_ENTRY, OUTSIDE, post_process_part_maps
 
 
 TASK = "ifam-explanation"
@@ -27,6 +27,20 @@ TASK = "ifam-explanation"
 # `custom_pipelines`, so with the package installed `pipeline("ifam-explanation", model=folder)` could not use the
 # package's class if the names were the same.
 REMOTE_TASK = "ifam-explanation-remote-code"
+# `config.json`'s `custom_pipelines`, in the format of transformers' `Pipeline.save_pretrained`
+CUSTOM_PIPELINES = {
+    REMOTE_TASK: {"impl": "pipeline_ifam.IFAMExplanationPipeline", "pt": ["AutoModelForImageClassification"],
+                  "type": "image"}
+}
+
+
+def name_in_config(config) -> None:
+    """
+    Name the `ifam-explanation` pipeline (`custom_pipelines`) and iFAM's image processor (`auto_map`) in a model config,
+    as `IFAMPreTrainedModel.save_pretrained` does before writing `config.json`. Idempotent; other entries are kept.
+    """
+    config.custom_pipelines = {**(getattr(config, "custom_pipelines", None) or {}), **CUSTOM_PIPELINES}
+    config.auto_map = {**(getattr(config, "auto_map", None) or {}), **AUTO_MAP_ENTRY}
 
 
 class IFAMExplanationPipeline(Pipeline):
@@ -74,7 +88,8 @@ class IFAMExplanationPipeline(Pipeline):
         if token_removal_percentile is not None:
             forward_params["token_removal_percentile"] = self.check_percentile(token_removal_percentile)
         if use_token_removal is not None:
-            if use_token_removal and token_removal_percentile is None and self.model.config.token_removal_percentile is None:
+            config_percentile = self.model.config.token_removal_percentile
+            if use_token_removal and token_removal_percentile is None and config_percentile is None:
                 raise ValueError("`use_token_removal=True` needs `token_removal_percentile=` (the model's config sets "
                                  f"none); calibrated percentiles: {self.calibrated_percentiles() or 'none'}.")
             forward_params["use_token_removal"] = bool(use_token_removal)
@@ -114,8 +129,8 @@ class IFAMExplanationPipeline(Pipeline):
 
     def __call__(self, inputs, **kwargs: Any):
         """
-        Explain one image or a list of images (paths, URLs, PIL images, encoded bytes; any size and mode). Returns one dict per image
-        (see the class docstring), a list for a list.
+        Explain one image or a list of images (paths, URLs, PIL images, encoded bytes; any size and mode). Returns one
+        dict per image (see the class docstring), a list for a list.
         """
         return super().__call__(inputs, **kwargs)
 
@@ -195,4 +210,4 @@ class IFAMExplanationPipeline(Pipeline):
         return [{"label": self.model.config.id2label[int(i)], "score": float(s)} for s, i in zip(scores, indices)]
 
 
-__all__ = ["IFAMExplanationPipeline", "TASK", "REMOTE_TASK"]
+__all__ = ["IFAMExplanationPipeline", "TASK", "REMOTE_TASK", "CUSTOM_PIPELINES", "name_in_config"]

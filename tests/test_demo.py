@@ -1,4 +1,4 @@
-"""The demo's callbacks (bad input gives a message, never an exception), the Space writer, and a converted checkpoint."""
+"""The demo's callbacks (bad input gives a message, never an exception), the Space writer, a converted checkpoint."""
 
 import json
 import subprocess
@@ -12,14 +12,12 @@ import yaml
 from PIL import Image
 from transformers import BitImageProcessor, Dinov2Config, Dinov2ForImageClassification
 
-from conftest import TINY, tiny_model
-from modeling_ifam import write_remote_code
+from conftest import TINY, load_demo_app, tiny_model
+from modeling_ifam import IFAMImageProcessor
 
 gr = pytest.importorskip("gradio", reason="the demo needs gradio: pip install '.[demo]'")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "demo"))
-import app as demo_app  # noqa: E402
+demo_app = load_demo_app()
 
 from ifam_train.space import write_space  # noqa: E402
 
@@ -32,9 +30,8 @@ EXAMPLE = sorted(demo_app.EXAMPLES_DIR.glob("*.png"))[0]
 def uncalibrated(tmp_path_factory):
     """A saved tiny iFAM with no calibration and no part statistics."""
     folder = tmp_path_factory.mktemp("uncalibrated")
-    tiny_model().save_pretrained(folder)
-    BitImageProcessor(**PROCESSOR).save_pretrained(folder)
-    write_remote_code(folder)
+    tiny_model().save_pretrained(folder)  # also writes the pipeline's and the image processor's code
+    IFAMImageProcessor(**PROCESSOR).save_pretrained(folder)
     return folder
 
 
@@ -105,10 +102,10 @@ def test_space_folder(tmp_path):
 
 
 def test_push_to_hub_dry_run_writes_the_space(uncalibrated, tmp_path):
-    import push_to_hub
+    from ifam_train.hub import main
 
-    push_to_hub.main([str(uncalibrated), "--repo_id", "me/ifam-tiny", "--dry-run", "--output-dir",
-                      str(tmp_path / "upload"), "--space_id", "me/ifam-tiny-demo"])
+    main([str(uncalibrated), "--hub_model_id", "me/ifam-tiny", "--dry_run", "--output_dir", str(tmp_path / "upload"),
+          "--space_id", "me/ifam-tiny-demo"])
     assert (tmp_path / "upload_space" / "app.py").is_file()
     config = json.loads((tmp_path / "upload" / "config.json").read_text())
     assert "custom_pipelines" in config and (tmp_path / "upload" / "pipeline_ifam.py").is_file()
@@ -134,16 +131,18 @@ SPACE_SCRIPT = textwrap.dedent(
 
 
 def converted_reference(tmp_path) -> tuple[Path, torch.nn.Module]:
-    """A reference-format checkpoint through `modeling_ifam.convert_reference` (with the remote code)."""
-    from test_convert_reference import random_model, to_reference_ifam_hf
+    """
+    A checkpoint as the authors publish it, converted by the command line (`modeling_ifam.convert_reference`, whose
+    `save_pretrained` ships the code); and the same checkpoint loaded with `from_reference`, for the expectations.
+    """
+    from test_convert_reference import published_folder
+
+    from modeling_ifam import IFAMForImageClassification
     from modeling_ifam.convert_reference import main
 
-    model = random_model()
-    Dinov2Config(**TINY).save_pretrained(tmp_path / "base")
-    torch.save({"model_state": to_reference_ifam_hf(model)}, tmp_path / "ckpt.pth")
-    main([str(tmp_path / "ckpt.pth"), "--output-dir", str(tmp_path / "converted"), "--num-parts", "3",
-          "--num-labels", "3", "--base-config", str(tmp_path / "base" / "config.json"), "--remote-code"])
-    return tmp_path / "converted", model
+    published_folder(tmp_path / "hub", "ifam")
+    main([str(tmp_path / "hub"), "--output_dir", str(tmp_path / "converted"), "--num_parts", "3", "--num_labels", "3"])
+    return tmp_path / "converted", IFAMForImageClassification.from_reference(tmp_path / "hub").eval()
 
 
 def test_converted_checkpoint_in_the_app_and_the_space_without_the_package(tmp_path):

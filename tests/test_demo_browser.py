@@ -1,7 +1,9 @@
 """The demo app in a real browser: headless Chromium (selenium) drives `demo/app.py` served on the loopback interface.
 
 Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them) and the `demo`/`dev` extras; skipped with the
-reason otherwise. Saves a screenshot to `results/demo.png`.
+reason otherwise. Saves a screenshot to the test's temporary folder, or, where `IFAM_SCREENSHOT_DIR` names a folder, to
+`demo.png` there: `IFAM_SCREENSHOT_DIR=results python -m pytest tests/test_demo_browser.py` refreshes the README's
+`results/demo.png` (a plain test run leaves the tracked file alone).
 """
 
 import base64
@@ -9,7 +11,6 @@ import io
 import os
 import shutil
 import socket
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,8 +20,6 @@ import pytest
 from PIL import Image
 
 
-ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = ROOT / "results" / "demo.png"
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 CHROMEDRIVER = shutil.which("chromedriver")
 
@@ -31,8 +30,9 @@ pytestmark = pytest.mark.skipif(
     reason="no headless browser: install Debian's `chromium` and `chromium-driver` (as .ci/run does)",
 )
 
-sys.path.insert(0, str(ROOT / "demo"))
-import app as demo_app  # noqa: E402
+from conftest import load_demo_app  # noqa: E402
+
+demo_app = load_demo_app()
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -106,7 +106,10 @@ def wait_for_picture(driver, element_id: str, expected: Image.Image, timeout=30)
     try:
         WebDriverWait(driver, timeout, poll_frequency=0.3).until(matches)
     except Exception:
-        differing = "shape " + str(shown.shape) if shown.shape != expected.shape else int((shown != expected).any(-1).sum())
+        if shown.shape != expected.shape:
+            differing = f"shape {shown.shape}"
+        else:
+            differing = int((shown != expected).any(-1).sum())
         raise AssertionError(f"#{element_id} does not show the expected picture ({differing} pixels differ)") from None
     return shown
 
@@ -165,8 +168,9 @@ def test_demo_in_a_browser(served, browser, tmp_path):
     seen_after = wait_for_picture(browser, "stage2-image", demo_app.stage2_picture(picture, after))
     assert (seen_after != seen_before).any()
     wait_for_text(browser, "legend", "(removed)")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOT))
+    screenshot = Path(os.environ.get("IFAM_SCREENSHOT_DIR") or tmp_path) / "demo.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(screenshot))
 
     # an undecodable upload: a message, and the app keeps serving
     broken = tmp_path / "broken.png"

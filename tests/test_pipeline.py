@@ -1,10 +1,11 @@
-"""The `ifam-explanation` pipeline, `IFAMImageProcessor.post_process_part_maps`, and their registration in saved folders."""
+"""The `ifam-explanation` pipeline, `IFAMImageProcessor.post_process_part_maps`, their registration in saved folders."""
 
 import ast
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +14,11 @@ from PIL import Image
 from transformers import BitImageProcessor, Dinov2Config, Dinov2ForImageClassification, pipeline
 
 from conftest import tiny_model
-from modeling_ifam import IFAMExplanationPipeline, IFAMImageProcessorPil, register_pipeline_in, write_remote_code
+import modeling_ifam
+from modeling_ifam import IFAMExplanationPipeline, IFAMForImageClassification, IFAMImageProcessor, IFAMImageProcessorPil
 from modeling_ifam.pipeline_ifam import REMOTE_TASK, TASK
-from modeling_ifam.pipeline_registration import PIPELINE_FILES
+
+PACKAGE = Path(modeling_ifam.__file__).parent
 
 
 PROCESSOR = dict(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, do_convert_rgb=True,
@@ -44,9 +47,8 @@ def calibrated_model():
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, calibrated_model):
     folder = tmp_path_factory.mktemp("explain")
-    calibrated_model.save_pretrained(folder)
-    BitImageProcessor(**PROCESSOR).save_pretrained(folder)
-    write_remote_code(folder)  # registers the pipeline too
+    calibrated_model.save_pretrained(folder)  # names the pipeline and copies its code, the image processor's too
+    IFAMImageProcessor(**PROCESSOR).save_pretrained(folder)
     return folder
 
 
@@ -91,7 +93,8 @@ def test_pipeline_output(explain, calibrated_model):
     assert set(result) >= {"predictions", "stage1_predictions", "parts", "stage2_mask", "stage2_fraction"}
     outputs = model_outputs(calibrated_model, image)
     probabilities = outputs.logits[0].softmax(-1)
-    assert [p["label"] for p in result["predictions"]][0] == calibrated_model.config.id2label[int(probabilities.argmax())]
+    top = calibrated_model.config.id2label[int(probabilities.argmax())]
+    assert [p["label"] for p in result["predictions"]][0] == top
     for prediction in result["predictions"]:
         label = {name: i for i, name in calibrated_model.config.id2label.items()}[prediction["label"]]
         assert prediction["score"] == pytest.approx(float(probabilities[label]), abs=1e-5)
@@ -187,9 +190,22 @@ def test_saved_folder_names_the_pipeline(folder):
     assert config["custom_pipelines"] == {REMOTE_TASK: {"impl": "pipeline_ifam.IFAMExplanationPipeline",
                                                         "pt": ["AutoModelForImageClassification"], "type": "image"}}
     assert config["auto_map"]["AutoImageProcessor"] == "image_processing_ifam.IFAMImageProcessor"
-    assert "image_processor_type" not in json.loads((folder / "preprocessor_config.json").read_text())
-    assert register_pipeline_in(folder)  # idempotent
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert "image_processor_type" not in processor and "auto_map" not in processor  # see IFAMImageProcessor.to_dict
+    assert {"pipeline_ifam.py", "image_processing_ifam.py"} <= {p.name for p in folder.glob("*.py")}
+    IFAMForImageClassification.from_pretrained(folder).save_pretrained(folder)  # idempotent
     assert json.loads((folder / "config.json").read_text()) == config
+
+
+def test_folder_with_dinov2_plain_processor(calibrated_model, folder, explain, tmp_path):
+    """A folder whose preprocessor_config.json names transformers' BitImageProcessor: the same explanation."""
+    calibrated_model.save_pretrained(tmp_path)
+    BitImageProcessor(**PROCESSOR).save_pretrained(tmp_path)
+    plain = pipeline(TASK, model=str(tmp_path), device="cpu")
+    assert not hasattr(plain.image_processor, "post_process_part_maps")
+    image = random_image(40, 50)
+    expected, actual = explain(image, parts_to_drop=[1]), plain(image, parts_to_drop=[1])
+    assert actual["stage2_fraction"] == expected["stage2_fraction"] and actual["predictions"] == expected["predictions"]
 
 
 def test_package_pipeline_and_plain_classification(folder, explain):
@@ -241,8 +257,8 @@ def test_trust_remote_code_without_the_package(folder, explain, tmp_path):
 
 def test_shipped_files_import_only_what_the_hub_has():
     allowed = {"torch", "transformers", "numpy", "PIL", "io", "typing"}
-    for name, path in PIPELINE_FILES.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+    for name in ("pipeline_ifam.py", "image_processing_ifam.py"):
+        for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
             if isinstance(node, ast.Import):
                 roots = {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -255,7 +271,8 @@ def test_shipped_files_import_only_what_the_hub_has():
 @pytest.mark.parametrize("kwargs, size, outside", [
     (dict(do_resize=False, crop_size={"height": 28, "width": 28}), (20, 40), 20 * 12),  # padded rows, cropped columns
     (dict(size={"height": 28, "width": 28}, crop_size={"height": 28, "width": 28}), (50, 30), 0),  # squashed, no crop
-    (dict(size={"shortest_edge": 28, "longest_edge": 56}, crop_size={"height": 28, "width": 28}), (30, 90), 30 * 45),  # 19x56, half the width cropped
+    # 19x56, half the width cropped
+    (dict(size={"shortest_edge": 28, "longest_edge": 56}, crop_size={"height": 28, "width": 28}), (30, 90), 30 * 45),
 ])
 def test_post_process_part_maps_geometries(kwargs, size, outside):
     processor = IFAMImageProcessorPil(**{**PROCESSOR, **kwargs})
