@@ -21,13 +21,15 @@ import json
 import os
 import pickle
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image as PILImage
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+
+from .verify import verify_images  # re-exported; the checks live in ifam_data/verify.py
 
 __all__ = [
     "BENCHMARKS",
@@ -158,38 +160,6 @@ def _finish(dd: DatasetDict, verify: bool) -> DatasetDict:
     if verify:
         verify_images(dd)
     return dd
-
-
-def verify_images(dataset_dict, columns: Optional[Sequence[str]] = None) -> None:
-    """Open and fully decode every image of every split; raise naming the first bad file.
-
-    ``dataset_dict`` may be a ``DatasetDict`` or a single ``Dataset``. ``columns`` defaults to
-    every column whose feature is ``datasets.Image``. Missing files raise ``FileNotFoundError``,
-    unreadable ones ``ValueError``; both messages contain the file path.
-    """
-    splits = dataset_dict.items() if isinstance(dataset_dict, (DatasetDict, dict)) else [(None, dataset_dict)]
-    for split, ds in splits:
-        cols = columns or [c for c, f in ds.features.items() if isinstance(f, Image)]
-        for col in cols:
-            raw = ds.cast_column(col, Image(decode=False))
-            for i, item in enumerate(raw[col]):
-                if item is None:
-                    continue
-                path, data = item.get("path"), item.get("bytes")
-                where = f"split {split!r}, column {col!r}, row {i}"
-                if data is None:
-                    if not path or not os.path.exists(path):
-                        raise FileNotFoundError(f"image file not found: {path} ({where})")
-                    source: Any = path
-                else:
-                    import io
-
-                    source = io.BytesIO(data)
-                try:
-                    with PILImage.open(source) as im:
-                        im.load()
-                except Exception as err:  # PIL raises a zoo of exception types
-                    raise ValueError(f"unreadable image file: {path or '<embedded bytes>'} ({where}): {err}") from err
 
 
 # ============================================================================================

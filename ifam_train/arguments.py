@@ -11,6 +11,16 @@ from transformers import HfArgumentParser
 
 from modeling_ifam import IFAMConfig
 
+from .guards import parse_verify_mode
+
+
+class VerifyMode(str):
+    """A `--verify_images` value, normalised: auto, header, full or off (true/yes/1 are header, false/no/none/0 off);
+    anything else is a usage error of the command line."""
+
+    def __new__(cls, value: str) -> "VerifyMode":
+        return super().__new__(cls, parse_verify_mode(value))
+
 
 @dataclass
 class DataArguments:
@@ -39,6 +49,22 @@ class DataArguments:
     patch_size: int = field(default=7, metadata={
         "help": "Patch size of the from-scratch model; the synthetic benchmark draws its stripes to it."})
     dataloader_num_workers: int = 0
+    dataloader_drop_last: bool = field(default=True, metadata={
+        "help": "Drop the last incomplete training batch of each epoch (off: --no_dataloader_drop_last or "
+        "--dataloader_drop_last false, to train on a split smaller than one global batch)."})
+    # bad data (issue 17): checked by ifam-train before the first step
+    verify_images: VerifyMode = field(default="auto", metadata={"nargs": "?", "const": "header", "help": (
+        "Check that every image decodes before training: header (fast: header, size and checksums), full (decode "
+        "every pixel) or off (also --no_verify_images; true/false are header/off); auto: header for local folders, "
+        "off for the Hub and the synthetic benchmark.")})
+    skip_bad_images: bool = field(default=False, metadata={
+        "help": "Train without the images that fail the check (their paths go to bad_images.txt in --output_dir) "
+        "instead of stopping."})
+    max_skipped_images: int = field(default=10, metadata={
+        "help": "Files that turn unreadable during training are skipped with a warning, up to this many."})
+
+    def __post_init__(self):
+        self.verify_images = parse_verify_mode(self.verify_images)  # a plain str, its true/false spellings resolved
 
     @classmethod
     def from_namespace(cls, namespace: argparse.Namespace) -> "DataArguments":
@@ -57,6 +83,8 @@ def build_parser() -> HfArgumentParser:
     )
     parser.add_argument("--config", type=str, default=None,
                         help="YAML/JSON file of option values; command-line flags override it.")
+    parser.add_argument("--no_verify_images", "--no-verify-images", dest="verify_images", action="store_const",
+                        const="off", help="Same as --verify_images off.")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", type=str, default=None,

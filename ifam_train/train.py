@@ -22,9 +22,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, Dinov2Config, Dinov2ForImageClassification, get_scheduler
 
+from ifam_data.verify import skip_unreadable_images
 from ifam_interventions.calibration import calibrate_token_removal, save_statistics
 from modeling_ifam import IFAMConfig, IFAMForImageClassification, dinov2_image_processor
 
+from . import guards
 from .arguments import DataArguments, parse_args
 from .data import BatchTransform, collate, eval_dataloader, load_training_data, random_crop_flip
 from .evaluation import compute_metrics, given_token_mask, predict
@@ -92,8 +94,18 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)
 
     # Data and model
-    with accelerator.main_process_first():
+    # a typo of a built-in name is named in every process before the barrier (issue 17); Hub failures explained
+    with (
+        guards.dataset_name_guard(data_args.dataset_name, data_args.train_dir, data_args.data_dir),
+        accelerator.main_process_first(),
+    ):
         data = load_training_data(data_args, seed=args.seed)
+    # Bad data (issue 17): unreadable images listed (or skipped), a split smaller than one global batch named
+    verify_mode = guards.resolve_verify_mode(data_args.verify_images, data_args.dataset_name, data_args.train_dir,
+                                             data_args.validation_dir, data_args.data_dir)
+    data = guards.verify_training_images(data, verify_mode, data_args.skip_bad_images, output_dir, accelerator)
+    guards.check_train_split_fits(len(data["train"]), args.per_device_train_batch_size, accelerator.num_processes,
+                                  args.gradient_accumulation_steps, data_args.dataloader_drop_last)
     id2label = dict(enumerate(data["train"].features["label"].names))
     model = build_model(args, data_args, id2label)
     image_size = data_args.image_size or model.config.image_size
@@ -105,11 +117,14 @@ def main(argv: list[str] | None = None) -> dict:
         set_trainable(model, freeze_stage1_backbone=freeze_stage1, freeze_stage2_backbone=args.freeze_stage2_backbone)
     source = args.token_mask_source
 
-    train_data = data["train"].with_transform(BatchTransform(processor, train=True))
+    # a file that turns bad after the check is skipped with a warning, up to --max_skipped_images (issue 17)
+    train_data = skip_unreadable_images(data["train"], BatchTransform(processor, train=True),
+                                        data_args.max_skipped_images)
     eval_splits = [name for name in data if name != "train"]
     # its own generator: creating an iterator must not draw from the global RNG that checkpoints restore
     train_loader = DataLoader(train_data, batch_size=args.per_device_train_batch_size, shuffle=True,
-                              collate_fn=collate, num_workers=data_args.dataloader_num_workers, drop_last=True,
+                              collate_fn=collate, num_workers=data_args.dataloader_num_workers,
+                              drop_last=data_args.dataloader_drop_last,
                               generator=torch.Generator().manual_seed(args.seed))
     eval_loaders = {name: eval_dataloader(data[name], processor, args.per_device_eval_batch_size,
                                           data_args.dataloader_num_workers) for name in eval_splits}
@@ -152,55 +167,61 @@ def main(argv: list[str] | None = None) -> dict:
         start_epoch, step_in_epoch = divmod(completed_steps, steps_per_epoch)
         skip_batches = step_in_epoch * args.gradient_accumulation_steps
 
-    accelerator.print(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
-                      f"{max_steps} steps ({num_epochs} epochs, effective batch {effective_batch}).")
-    progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
-    for epoch in range(start_epoch, num_epochs):
-        model.train()
-        train_loader.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
-        skip_batches = 0
-        for batch in loader:
-            batch = random_crop_flip(batch, crop=(image_size, image_size))
-            with accelerator.accumulate(model):
-                extra = {}
-                if source != "stage1":
-                    extra["token_mask"] = given_token_mask(source, batch, data_args.patch_size)
-                outputs = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **extra)
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            completed_steps += 1
-            progress.update(1)
-            if ema is not None:
-                ema.update_parameters(accelerator.unwrap_model(model))
-            if completed_steps % args.logging_steps == 0:
-                logs = {"train/loss": outputs.loss.item(), "lr/backbone": scheduler.get_last_lr()[0], "epoch": epoch}
-                terms = getattr(outputs, "loss_terms", None) or {}  # iFAM's terms; a plain classifier has none
-                logs.update({f"train/{name}": value.item() for name, value in terms.items()})
-                progress.set_postfix(loss=f"{logs['train/loss']:.3f}")
-                if args.with_tracking:
-                    accelerator.log(logs, step=completed_steps)
-            if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+    # non-finite loss: stop with a checkpoint of the last good state; SIGINT/SIGTERM: checkpoint, exit (issue 17)
+    with guards.RunGuard(accelerator, model, optimizer, output_dir,
+                         save=lambda step: save_checkpoint(accelerator, output_dir, step)) as guard:
+        accelerator.print(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
+                          f"{max_steps} steps ({num_epochs} epochs, effective batch {effective_batch}).")
+        progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
+        for epoch in range(start_epoch, num_epochs):
+            model.train()
+            train_loader.set_epoch(epoch)
+            loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+            skip_batches = 0
+            for batch in loader:
+                batch = random_crop_flip(batch, crop=(image_size, image_size))
+                with accelerator.accumulate(model):
+                    extra = {}
+                    if source != "stage1":
+                        extra["token_mask"] = given_token_mask(source, batch, data_args.patch_size)
+                    outputs = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **extra)
+                    guard.check_loss(outputs, completed_steps)
+                    accelerator.backward(outputs.loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                completed_steps += 1
+                progress.update(1)
+                if ema is not None:
+                    ema.update_parameters(accelerator.unwrap_model(model))
+                if completed_steps % args.logging_steps == 0:
+                    logs = {"train/loss": outputs.loss.item(), "lr/backbone": scheduler.get_last_lr()[0],
+                            "epoch": epoch}
+                    terms = getattr(outputs, "loss_terms", None) or {}  # iFAM's terms; a plain classifier has none
+                    logs.update({f"train/{name}": value.item() for name, value in terms.items()})
+                    progress.set_postfix(loss=f"{logs['train/loss']:.3f}")
+                    if args.with_tracking:
+                        accelerator.log(logs, step=completed_steps)
+                if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+                    save_checkpoint(accelerator, output_dir, completed_steps)
+                guard.stop_if_signalled(completed_steps)
+                if completed_steps >= max_steps:
+                    break
+            if args.checkpointing_steps == "epoch" and completed_steps < max_steps:
                 save_checkpoint(accelerator, output_dir, completed_steps)
+            if "validation" in eval_loaders:
+                metrics = compute_metrics(predict(model, eval_loaders["validation"], accelerator, source))
+                accelerator.print(f"epoch {epoch}: " + format_metrics(metrics))
+                if args.with_tracking:
+                    accelerator.log({f"validation/{k}": v for k, v in metrics.items() if not isinstance(v, dict)},
+                                    step=completed_steps)
             if completed_steps >= max_steps:
                 break
-        if args.checkpointing_steps == "epoch" and completed_steps < max_steps:
-            save_checkpoint(accelerator, output_dir, completed_steps)
-        if "validation" in eval_loaders:
-            metrics = compute_metrics(predict(model, eval_loaders["validation"], accelerator, source))
-            accelerator.print(f"epoch {epoch}: " + format_metrics(metrics))
-            if args.with_tracking:
-                accelerator.log({f"validation/{k}": v for k, v in metrics.items() if not isinstance(v, dict)},
-                                step=completed_steps)
-        if completed_steps >= max_steps:
-            break
-    progress.close()
+        progress.close()
 
     # Final model (EMA weights when on), evaluated on every evaluation split and saved ready for pipeline()
     final = accelerator.unwrap_model(model) if ema is None else ema.module
@@ -219,8 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
         if statistics is not None:
             save_statistics(statistics, output_dir)
         processor.save_pretrained(output_dir)
-        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        print(results_table(results))
+        if results:
+            (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(results_table(results) if results else guards.NO_EVALUATION)  # one line, not an empty table
         if args.push_to_hub:
             from .hub import publish
 

@@ -38,6 +38,10 @@ from .part_losses import (
 )
 
 
+# `forward` rejects larger pixel magnitudes: finite inputs past this overflow to NaN logits (the float16 range)
+MAX_PIXEL_MAGNITUDE = torch.finfo(torch.float16).max
+
+
 @dataclass
 class IFAMPartDiscoveryOutput(ModelOutput):
     """
@@ -430,6 +434,10 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         if kwargs:
             raise TypeError(f"IFAMForImageClassification.forward got unexpected arguments {sorted(kwargs)}.")
         num_patches = self._check_pixel_values(pixel_values)
+        given = None if token_mask is None else self._check_token_mask(token_mask, pixel_values.shape[0], num_patches)
+        self._check_pixel_range(pixel_values, given)
+        if labels is not None:
+            self._check_loss_grid(pixel_values)
         stage1 = self.stage1(pixel_values)
 
         if token_mask is not None:
@@ -478,6 +486,8 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         """
         part_maps = stage1.part_maps.flatten(2)  # [B, K+1, N]
         batch_size, num_parts = part_maps.shape[0], part_maps.shape[1] - 1
+        if isinstance(parts_to_drop, (str, bytes)) or not all(isinstance(p, int) for p in parts_to_drop):
+            raise TypeError(f"`parts_to_drop` must be a list of part indices (int), got {parts_to_drop!r}.")
         bad = [p for p in parts_to_drop if not 0 <= p < num_parts]
         if bad:
             raise ValueError(f"`parts_to_drop` holds part indices {bad} outside [0, num_parts={num_parts}).")
@@ -552,21 +562,60 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
             raise ValueError(f"`pixel_values` must be a tensor of shape (batch, channels, height, width), got {shape}.")
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"`pixel_values` must be a floating-point tensor (normalized pixels, as the image "
+                            f"processor returns them), got {pixel_values.dtype}.")
+        if pixel_values.shape[0] == 0:
+            raise ValueError(f"`pixel_values` is an empty batch (shape {tuple(pixel_values.shape)}).")
         if pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
                 f"`pixel_values` has {pixel_values.shape[1]} channels, the model expects {self.config.num_channels}."
             )
         height, width = pixel_values.shape[-2:]
         patch = self.config.patch_size
-        if height % patch or width % patch:
+        if height % patch or width % patch or not height or not width:
             raise ValueError(
-                f"`pixel_values` of size {height}x{width} is not a multiple of the patch size {patch}; resize or crop "
-                f"to a multiple (the image processor does)."
+                f"`pixel_values` of size {height}x{width} is not a (non-zero) multiple of the patch size {patch}; "
+                f"resize or crop to a multiple (the image processor does)."
             )
         return (height // patch) * (width // patch)
 
+    def _check_pixel_range(self, pixel_values: torch.Tensor, token_mask: torch.Tensor | None) -> None:
+        """NaN/inf, or values past the float16 range (normalized pixels are within a few units), give NaN logits;
+        with a given `token_mask`, only the patches stage 2 sees count (the others cannot reach the logits)."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        patch, (batch_size, _, height, width) = self.config.patch_size, pixel_values.shape
+        peaks = pixel_values.detach().abs().amax(1).view(batch_size, height // patch, patch, width // patch, patch)
+        peaks = peaks.amax((2, 4)).flatten(1)  # [B, N], NaN where a patch holds one
+        if token_mask is not None:
+            peaks = peaks.masked_fill(~token_mask, 0)
+        peak = float(peaks.max())
+        if not peak <= MAX_PIXEL_MAGNITUDE:
+            finite = torch.isfinite(peaks).all(1)
+            raise ValueError(
+                f"`pixel_values` holds non-finite values (NaN or inf) in images "
+                f"{(~finite).nonzero().flatten().tolist()} of the batch." if not finite.all() else
+                f"`pixel_values` holds values up to {peak:.3g} in magnitude; expected normalized pixels (the image "
+                f"processor's output), at most {MAX_PIXEL_MAGNITUDE:g} (the float16 range)."
+            )
+
+    def _check_loss_grid(self, pixel_values: torch.Tensor) -> None:
+        """The presence losses pool the part maps 3x3 (the background's also needs a border): at least 3 (4) patches."""
+        weights = self.config.loss_weights
+        need = 4 if weights["background"] > 0 else 3 if weights["presence"] > 0 else 1
+        rows, columns = (size // self.config.patch_size for size in pixel_values.shape[-2:])
+        if min(rows, columns) < need:
+            raise ValueError(
+                f"`pixel_values` of size {pixel_values.shape[-2]}x{pixel_values.shape[-1]} gives a {rows}x{columns} "
+                f"patch grid; with `labels`, the part losses need at least {need}x{need} patches "
+                f"({need * self.config.patch_size}x{need * self.config.patch_size} pixels)."
+            )
+
     @staticmethod
     def _check_token_mask(token_mask: torch.Tensor, batch_size: int, num_patches: int) -> torch.BoolTensor:
+        if not isinstance(token_mask, torch.Tensor):
+            raise TypeError(f"`token_mask` must be a boolean tensor, got {type(token_mask).__name__}.")
         if tuple(token_mask.shape) != (batch_size, num_patches):
             raise ValueError(
                 f"`token_mask` must have shape (batch_size, num_patches) = ({batch_size}, {num_patches}), "
@@ -579,7 +628,9 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         return token_mask
 
     def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
-        if tuple(labels.shape) != (batch_size,) or labels.dtype.is_floating_point:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"`labels` must be a tensor of class indices, got {type(labels).__name__}.")
+        if tuple(labels.shape) != (batch_size,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(
                 f"`labels` must be integer class indices of shape ({batch_size},), got {labels.dtype} of shape "
                 f"{tuple(labels.shape)}."
