@@ -738,3 +738,18 @@ def test_vit_b14_reg4_at_518_px(tmp_path):
     expected = torch.cat([reference["cls_token"], reference["reg_token"],
                           patches.flatten(2).transpose(1, 2) + reference["pos_embed"]], dim=1)
     torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_part_evaluation_of_a_converted_reference_checkpoint(tmp_path):
+    """A published iFAM folder, converted with its path and class names alone, goes through `evaluate_parts`."""
+    from ifam_interventions import evaluate_parts
+
+    published_folder(tmp_path / "hub", "ifam", classes=2)
+    (tmp_path / "labels.json").write_text(json.dumps(["stripes_0deg", "stripes_90deg"]))
+    main([str(tmp_path / "hub"), "--output_dir", str(tmp_path / "converted"), "--id2label", str(tmp_path / "labels.json")])
+    rows = evaluate_parts.main(["--model_name_or_path", str(tmp_path / "converted"), "--synthetic_num_train", "32",
+                                "--image_size", "28", "--max_eval_samples", "16", "--split", "test",
+                                "--output_dir", str(tmp_path / "out")])
+    assert [row["percentile"] for row in rows] == [None]  # not calibrated: no token-removal rows
+    assert 0 <= rows[0]["nmi"] <= 1 and rows[0]["keypoint_regression_error"] >= 0 and 0 <= rows[0]["fg_miou"] <= 1
+    assert (tmp_path / "out" / "part_evaluation.md").read_text().startswith("| intervention | NMI")
