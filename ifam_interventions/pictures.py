@@ -15,10 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
-from modeling_ifam import IFAMForImageClassification  # noqa: E402
+from modeling_ifam import IFAMForImageClassification, IFAMImageProcessorPil  # noqa: E402
 
 
 def part_colours(num_parts: int) -> np.ndarray:
@@ -31,11 +30,6 @@ def part_colours(num_parts: int) -> np.ndarray:
 def _denormalize(pixel_values: torch.Tensor, mean, std) -> np.ndarray:
     image = pixel_values.permute(1, 2, 0).float().cpu().numpy() * np.asarray(std) + np.asarray(mean)
     return image.clip(0, 1)
-
-
-def _upsample(grid: torch.Tensor, size) -> np.ndarray:
-    """[h, w] (integer or bool) patch grid -> [H, W] nearest-neighbour."""
-    return F.interpolate(grid[None, None].float(), size=size, mode="nearest")[0, 0].numpy()
 
 
 @torch.no_grad()
@@ -72,23 +66,24 @@ def part_grid(
     model.eval()
     interventions = {"iFAM": {}, **(interventions or {})}
     outputs = {name: model(pixel_values, **kwargs) for name, kwargs in interventions.items()}
-    base = outputs["iFAM"]
     num_parts = model.config.num_parts
     colours = part_colours(num_parts)
-    size = pixel_values.shape[-2:]
-    grid_shape = base.part_maps.shape[-2:]
+    # the pixel maps, by the image processor's geometry (the pixel values are the model's input: no resize or crop)
+    geometry = IFAMImageProcessorPil(do_resize=False, do_center_crop=False)
+    sizes = [tuple(pixel_values.shape[-2:])] * len(pixel_values)
+    maps = {name: geometry.post_process_part_maps(output, target_sizes=sizes) for name, output in outputs.items()}
     columns = 2 + len(interventions)
     figure, axes = plt.subplots(len(pixel_values), columns, figsize=(2.2 * columns, 2.3 * len(pixel_values)),
                                 squeeze=False)
     for row, image in enumerate(pixel_values):
         picture = _denormalize(image, image_mean, image_std)
-        assignment = _upsample(base.part_maps[row].argmax(0), size).astype(int)
+        assignment = maps["iFAM"][row]["segmentation"].numpy()
         overlay = picture * 0.35 + colours[assignment] * 0.65
         overlay[assignment == num_parts] = picture[assignment == num_parts] * 0.35  # background dimmed
         title = "" if labels is None else f"label: {model.config.id2label[int(labels[row])]}"
         panels = [(picture, title), (overlay, "parts")]
         for name, output in outputs.items():
-            visible = _upsample(output.token_mask[row].view(grid_shape), size)[..., None]
+            visible = maps[name][row]["stage2_mask"].numpy()[..., None].astype(float)
             probability = output.logits[row].softmax(-1)
             predicted = int(probability.argmax())
             panels.append((picture * visible + 0.85 * (1 - visible),

@@ -2,12 +2,15 @@
 
     ifam-push-to-hub outputs/synthetic --hub_model_id me/ifam-waterbirds
     ifam-push-to-hub outputs/synthetic --dry_run --output_dir /tmp/upload     # writes exactly what would go up
+    ifam-push-to-hub outputs/synthetic --hub_model_id me/ifam --space_id me/ifam-demo   # the model and a demo Space
 
-The repository holds the safetensors weights, the config (with the token-removal thresholds and `auto_map`), the part
-statistics, the image processor, the modeling code that `save_pretrained` copies for `trust_remote_code` users, and a
-model card built with huggingface_hub (`ModelCard`, `ModelCardData`, `EvalResult`: the `model-index` from
-`metrics.json`) with the leave-one-out intervention table. The upload goes through `huggingface_hub` (`create_repo`,
-`upload_folder`) with the token from the usual place (`HF_TOKEN`, `hf auth login`) unless given.
+The repository holds the safetensors weights, the config (with the token-removal thresholds, `auto_map` and
+`custom_pipelines`), the part statistics, the image processor, the code that `save_pretrained` copies for
+`trust_remote_code` users (the model, the image processor and the `ifam-explanation` pipeline), and a model card built
+with huggingface_hub (`ModelCard`, `ModelCardData`, `EvalResult`: the `model-index` from `metrics.json`) with the
+leave-one-out intervention table. The upload goes through `huggingface_hub` (`create_repo`,
+`upload_folder`) with the token from the usual place (`HF_TOKEN`, `hf auth login`) unless given. With `--space_id`, a
+Gradio Space running the demo (`demo/app.py`) on the model goes up too (`ifam_train.space`).
 """
 
 import argparse
@@ -23,6 +26,7 @@ from ifam_interventions.leave_one_out import TABLE_FILE, markdown_table
 from modeling_ifam import IFAMConfig, IFAMForImageClassification
 
 from .reporting import results_table
+from .space import publish_space, write_space
 
 REQUIRED = ("config.json", "model.safetensors", "preprocessor_config.json")
 OPTIONAL = ("metrics.json", STATISTICS_FILE, f"{TABLE_FILE}.json", f"{TABLE_FILE}.md", "parts.png",
@@ -78,6 +82,8 @@ def model_card(folder: Path, repo_id: str, dataset: str | None) -> ModelCard:
         "## Use", "", "```python",
         "from transformers import pipeline, AutoModelForImageClassification",
         f'classifier = pipeline("image-classification", model="{repo_id}", trust_remote_code=True)',
+        f'explain = pipeline(model="{repo_id}", trust_remote_code=True)  # labels, part masks, stage-2 mask',
+        "explain(image, parts_to_drop=[0])       # the explanation under an intervention",
         f'model = AutoModelForImageClassification.from_pretrained("{repo_id}", trust_remote_code=True)',
         "outputs = model(pixel_values)            # outputs.logits, outputs.token_mask, outputs.part_maps",
         "model(pixel_values, parts_to_drop=[k])   # part removal",
@@ -105,7 +111,8 @@ def model_card(folder: Path, repo_id: str, dataset: str | None) -> ModelCard:
 def prepare_upload(folder: str | Path, destination: str | Path, repo_id: str, dataset: str | None = None) -> list[Path]:
     """
     Write into `destination` exactly the files to upload: the model as `save_pretrained` writes it (weights, config with
-    `auto_map`, the modeling code), the image processor, the folder's metrics, statistics and pictures, the model card.
+    `auto_map` and `custom_pipelines`, the model's, image processor's and pipeline's code), the image processor, the
+    folder's metrics, statistics and pictures, the model card.
 
     Args:
         folder (`str` or `Path`):
@@ -177,6 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry_run", "--dry-run", action="store_true",
                         help="Write the files to --output_dir; upload nothing.")
     parser.add_argument("--output_dir", "--output-dir", default=None)
+    parser.add_argument("--space_id", default=None,
+                        help="Also publish the demo (demo/app.py) as this Gradio Space, pointed at the model.")
+    parser.add_argument("--space_output_dir", default=None,
+                        help="Dry run with --space_id: where the Space folder goes (default: OUTPUT_DIR_space).")
     args = parser.parse_args(argv)
     repo_id = args.hub_model_id or Path(args.folder).resolve().name
     if args.dry_run:
@@ -184,10 +195,16 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--dry_run needs --output_dir")
         files = prepare_upload(args.folder, args.output_dir, repo_id, args.dataset_name)
         print(f"dry run: {len(files)} files for {repo_id} written to {args.output_dir}:", *[f.name for f in files])
+        if args.space_id:
+            space_dir = args.space_output_dir or f"{str(args.output_dir).rstrip('/')}_space"
+            files = write_space(space_dir, repo_id)
+            print(f"dry run: Space {args.space_id} ({len(files)} files) written to {space_dir}")
         return
     print(publish(args.folder, repo_id, args.hub_token, args.private, args.dataset_name))
-
-
+    if args.space_id:
+        with tempfile.TemporaryDirectory() as staging:
+            write_space(staging, repo_id)
+            print(publish_space(staging, args.space_id, args.hub_token, args.private))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,154 @@
-"""The image processor of an iFAM model: DINOv2's, as transformers builds it.
+"""The image processor of an iFAM model: DINOv2's preprocessing (`dinov2_image_processor`, the one place it is built),
+plus the geometry that maps the patch-level explanation back onto the input image (`post_process_part_maps`).
 
-No subclass and no `register_for_auto_class` here: `BitImageProcessor` is a transformers class, so a saved
-`preprocessor_config.json` (`"image_processor_type": "BitImageProcessor"`) loads with `AutoImageProcessor` and
-`pipeline` with or without `trust_remote_code`, and there is no code to ship. Registering transformers' own class would
-copy transformers' module (with its package-relative imports) into the model folder; a subclass would add remote code
-that does nothing but rename it.
+`IFAMImageProcessor` is registered for `AutoImageProcessor` (`register_for_auto_class` in `__init__.py`): its
+`save_pretrained` copies this module beside the weights, and `IFAMPreTrainedModel.save_pretrained` names it in
+`config.json`'s `auto_map` (see `IFAMImageProcessorMixin.to_dict` for why there and not in `preprocessor_config.json`).
+This module is copied to the Hub for ``trust_remote_code`` users: it imports only numpy, torch and transformers.
 """
 
-from transformers import BitImageProcessor
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+import numpy as np
+import torch
+from transformers import BitImageProcessor, BitImageProcessorPil
+from transformers.image_transforms import get_resize_output_image_size
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, PILImageResampling
 
 
-def dinov2_image_processor(image_size: int) -> BitImageProcessor:
+# `config.json`'s `auto_map` entry of the processor (written by `IFAMPreTrainedModel.save_pretrained`)
+AUTO_MAP_ENTRY = {"AutoImageProcessor": "image_processing_ifam.IFAMImageProcessor"}
+OUTSIDE = -1  # `segmentation` value of pixels that the centre crop cut away: no patch, neither stage saw them
+
+
+def _resized_size(size: dict, do_resize: bool, height: int, width: int) -> tuple[int, int]:
+    """The (height, width) that the processor's resize gives an image of `height` x `width` (as its backends do)."""
+    if not do_resize:
+        return height, width
+    size = {key: value for key, value in dict(size).items() if value is not None}
+    if "shortest_edge" in size and "longest_edge" in size:
+        from transformers.image_transforms import get_size_with_aspect_ratio
+
+        return tuple(get_size_with_aspect_ratio((height, width), size["shortest_edge"], size["longest_edge"]))
+    if "shortest_edge" in size:
+        shape_only = np.broadcast_to(np.zeros((1, 1, 1), dtype=np.uint8), (1, height, width))  # no memory
+        return tuple(get_resize_output_image_size(
+            shape_only, size=size["shortest_edge"], default_to_square=False, input_data_format=ChannelDimension.FIRST
+        ))
+    if "max_height" in size and "max_width" in size:
+        from transformers.image_utils import get_image_size_for_max_height_width
+
+        return tuple(get_image_size_for_max_height_width((height, width), size["max_height"], size["max_width"]))
+    if "height" in size and "width" in size:
+        return size["height"], size["width"]
+    raise ValueError(f"Unsupported `size` {size} in the image processor.")
+
+
+def _crop_window(length: int, crop: int) -> int:
+    """Offset of the centre crop along one axis (negative: the image was padded), as the backends compute it."""
+    return (length - crop) // 2 if length >= crop else -((crop - length) // 2)
+
+
+def _patch_index(length: int, resized: int, offset: int, cropped: int, grid: int) -> torch.Tensor:
+    """
+    For every pixel along one axis of the original image (`length` pixels): the index of the model's patch that covers
+    its centre after the resize to `resized` and the crop of `cropped` pixels from `offset`, or -1 outside the crop.
+    """
+    centre = (torch.arange(length, dtype=torch.float64) + 0.5) * (resized / length) - offset
+    index = torch.floor(centre / (cropped / grid)).long()
+    return torch.where((centre >= 0) & (index < grid), index, torch.full_like(index, -1))
+
+
+def post_process_part_maps(processor, outputs, target_sizes=None) -> list[dict[str, torch.Tensor]]:
+    """The body of [`IFAMImageProcessor.post_process_part_maps`], usable with any DINOv2-style processor."""
+    part_maps = outputs["part_maps"] if isinstance(outputs, dict) else outputs.part_maps
+    token_mask = outputs["token_mask"] if isinstance(outputs, dict) else outputs.token_mask
+    batch_size, num_slots, grid_h, grid_w = part_maps.shape
+    assignment = part_maps.argmax(dim=1).cpu()  # [B, h, w], K = background
+    visible = token_mask.reshape(batch_size, grid_h, grid_w).cpu().bool()
+    if target_sizes is None:
+        if not processor.do_center_crop:
+            raise ValueError("`post_process_part_maps` needs `target_sizes` when the processor does no centre crop.")
+        crop = processor.crop_size
+        target_sizes = [(crop["height"], crop["width"])] * batch_size
+        geometry = None  # the model's input itself
+    else:
+        geometry = True
+    if isinstance(target_sizes, torch.Tensor):
+        target_sizes = target_sizes.tolist()
+    if len(target_sizes) != batch_size:
+        raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {batch_size} part maps.")
+
+    results = []
+    for index, (height, width) in enumerate(target_sizes):
+        height, width = int(height), int(width)
+        if geometry is None:
+            rows = _patch_index(height, height, 0, height, grid_h)
+            columns = _patch_index(width, width, 0, width, grid_w)
+        else:
+            resized_h, resized_w = _resized_size(processor.size, processor.do_resize, height, width)
+            if processor.do_center_crop:
+                crop_h, crop_w = processor.crop_size["height"], processor.crop_size["width"]
+            else:
+                crop_h, crop_w = resized_h, resized_w
+            rows = _patch_index(height, resized_h, _crop_window(resized_h, crop_h), crop_h, grid_h)
+            columns = _patch_index(width, resized_w, _crop_window(resized_w, crop_w), crop_w, grid_w)
+        inside = (rows[:, None] >= 0) & (columns[None, :] >= 0)  # [H, W]
+        r, c = rows.clamp_min(0)[:, None], columns.clamp_min(0)[None, :]
+        segmentation = torch.where(inside, assignment[index][r, c], torch.full_like(inside, OUTSIDE, dtype=torch.long))
+        stage2_mask = inside & visible[index][r, c]
+        results.append({"segmentation": segmentation, "stage2_mask": stage2_mask})
+    return results
+
+
+class IFAMImageProcessorMixin:
+    """What iFAM adds to DINOv2's image processor."""
+
+    def post_process_part_maps(self, outputs, target_sizes=None) -> list[dict[str, torch.Tensor]]:
+        """
+        Turn the patch-level explanation of [`IFAMForImageClassification`] into pixel maps, in the style of
+        `post_process_semantic_segmentation`.
+
+        Args:
+            outputs ([`IFAMImageClassifierOutput`] or `dict`):
+                Model outputs with `part_maps` (`[B, K + 1, h, w]`, background last) and `token_mask` (`[B, h * w]`).
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch_size, 2)`, *optional*):
+                The (height, width) of the original images that this processor turned into the model's input: its
+                resize and centre crop are inverted, so pixel (y, x) of an original image gets the label of the patch
+                that covers it. Pixels the crop cut away belong to no part. `None`: the maps at the resolution of the
+                model's input (`crop_size`).
+
+        Returns:
+            `list[dict]`, one per image: `segmentation` (`torch.LongTensor` of shape `(height, width)`: the part index,
+            `K` for the background, `-1` outside the crop) and `stage2_mask` (`torch.BoolTensor` of shape
+            `(height, width)`: the pixels whose patches stage 2 saw). Both are piecewise constant on the patch grid:
+            a pixel's value is its patch's, exactly what the model used.
+        """
+        return post_process_part_maps(self, outputs, target_sizes)
+
+    def to_dict(self) -> dict:
+        """
+        The processor's parameters as `preprocessor_config.json` holds them: without `image_processor_type` and
+        `auto_map`. `AutoImageProcessor` then reads the model's `config.json`, whose `auto_map` names this class
+        (`IFAMPreTrainedModel.save_pretrained` writes it). An `auto_map` here would make every pipeline, the stock
+        `image-classification` one included, try to load a remote *video* processor (transformers 5 derives
+        `AutoVideoProcessor`'s entry from `AutoImageProcessor`'s, `IFAMVideoProcessor`, which does not exist) and ask
+        "Do you wish to run the custom code?" on a terminal; `image_processor_type: IFAMImageProcessor` would stop
+        `AutoImageProcessor` from reading `config.json` where the package is not installed.
+        """
+        output = super().to_dict()
+        output.pop("image_processor_type", None)
+        output.pop("auto_map", None)
+        return output
+
+
+class IFAMImageProcessor(IFAMImageProcessorMixin, BitImageProcessor):
+    """DINOv2's image processor (`BitImageProcessor`, the torchvision backend) with `post_process_part_maps`."""
+
+
+class IFAMImageProcessorPil(IFAMImageProcessorMixin, BitImageProcessorPil):
+    """DINOv2's image processor (`BitImageProcessorPil`, the PIL backend) with `post_process_part_maps`."""
+
+
+def dinov2_image_processor(image_size: int) -> IFAMImageProcessor:
     """
     DINOv2's evaluation preprocessing at a resolution: resize the short side to `image_size * 256 / 224` (bicubic),
     centre-crop to `image_size`, normalise with the ImageNet statistics.
@@ -21,9 +158,9 @@ def dinov2_image_processor(image_size: int) -> BitImageProcessor:
             The side of the square crop the model sees.
 
     Returns:
-        `BitImageProcessor`
+        `IFAMImageProcessor`: `BitImageProcessor`'s preprocessing, with `post_process_part_maps`.
     """
-    return BitImageProcessor(
+    return IFAMImageProcessor(
         size={"shortest_edge": round(image_size * 256 / 224)},
         crop_size={"height": image_size, "width": image_size},
         resample=PILImageResampling.BICUBIC,
@@ -31,3 +168,7 @@ def dinov2_image_processor(image_size: int) -> BitImageProcessor:
         image_std=list(IMAGENET_DEFAULT_STD),
         do_convert_rgb=True,
     )
+
+
+__all__ = ["IFAMImageProcessor", "IFAMImageProcessorPil", "dinov2_image_processor", "post_process_part_maps",
+           "OUTSIDE", "AUTO_MAP_ENTRY"]

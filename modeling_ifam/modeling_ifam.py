@@ -4,9 +4,10 @@ Stage 1 (PDiscoFormer part discovery on DINOv2) assigns every patch to one of K 
 The foreground patches form a binary token mask; stage 2 (a second DINOv2) classifies the raw image with an attention
 mask that hides every other patch in every layer, so nothing outside the mask can move the prediction.
 
-`save_pretrained` copies this module, `configuration_ifam.py` and `part_losses.py` beside the weights for
-``trust_remote_code`` users (`register_for_auto_class` in `__init__.py`): they import only torch and transformers, and
-each other relatively.
+`save_pretrained` copies this module, `configuration_ifam.py`, `part_losses.py`, `pipeline_ifam.py` and
+`image_processing_ifam.py` beside the weights for ``trust_remote_code`` users (`register_for_auto_class` in
+`__init__.py`; transformers copies every relatively imported module): they import only torch, transformers, numpy and
+PIL, and each other relatively.
 """
 
 import math
@@ -296,6 +297,21 @@ class IFAMPreTrainedModel(Dinov2PreTrainedModel):
     _supports_flash_attn = False
     _can_compile_fullgraph = False
     _can_record_outputs = None  # the stages' backbones record their own hidden states and attentions
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """
+        [`PreTrainedModel.save_pretrained`], and the folder serves the `ifam-explanation` pipeline and iFAM's image
+        processor too: `config.json` names them (`custom_pipelines`, as `Pipeline.save_pretrained` writes it, and
+        `auto_map["AutoImageProcessor"]`) and their modules are copied beside this one. The one place every save path
+        (training, conversion, publishing, `push_to_hub`, `Pipeline.save_pretrained`) goes through.
+        """
+        # A relative import, on purpose: transformers' `custom_object_save` copies every relatively imported module of
+        # this file (here `pipeline_ifam.py` and its `image_processing_ifam.py`) beside the weights. Imported here, not
+        # at the top, so that loading the model does not import the pipeline machinery.
+        from .pipeline_ifam import name_in_config
+
+        name_in_config(self.config)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module) -> None:

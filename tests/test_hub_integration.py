@@ -8,14 +8,14 @@ import textwrap
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageClassification, BitImageProcessor, Dinov2Config, pipeline
+from transformers import AutoConfig, AutoModelForImageClassification, Dinov2Config, pipeline
 from transformers import Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel, ViTConfig, ViTModel
 
 from conftest import TINY, tiny_model
-from modeling_ifam import IFAMConfig, IFAMForImageClassification, dinov2_image_processor
+from modeling_ifam import IFAMConfig, IFAMForImageClassification, IFAMImageProcessor, dinov2_image_processor
 
 
-def tiny_processor() -> BitImageProcessor:
+def tiny_processor() -> IFAMImageProcessor:
     """DINOv2's image processor at the tiny model's resolution."""
     return dinov2_image_processor(28)
 
@@ -65,7 +65,7 @@ def test_pipeline_on_saved_folder(saved):
 REMOTE_CODE_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    for name in ("modeling_ifam", "configuration_ifam", "part_losses"):
+    for name in ("modeling_ifam", "configuration_ifam", "part_losses", "pipeline_ifam", "image_processing_ifam"):
         sys.modules[name] = None  # the package cannot be imported in this process
     import torch
     from PIL import Image
@@ -73,7 +73,10 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
     folder, image_path = sys.argv[1], sys.argv[2]
     model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    inputs = AutoProcessor.from_pretrained(folder, trust_remote_code=True)(Image.open(image_path), return_tensors="pt")
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(processor).__name__ == "IFAMImageProcessor", type(processor)  # auto_map of config.json
+    assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+    inputs = processor(Image.open(image_path), return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits[0].tolist()
     classifier = pipeline("image-classification", model=folder, trust_remote_code=True, device="cpu")
@@ -85,7 +88,8 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 def test_trust_remote_code_without_the_package(saved, tmp_path):
     folder, model, image_path = saved
     code_files = sorted(p.name for p in folder.glob("*.py"))
-    assert code_files == ["configuration_ifam.py", "modeling_ifam.py", "part_losses.py"]
+    assert code_files == ["configuration_ifam.py", "image_processing_ifam.py", "modeling_ifam.py", "part_losses.py",
+                          "pipeline_ifam.py"]
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForImageClassification"] == (
         "modeling_ifam.IFAMForImageClassification"
     )
@@ -102,7 +106,7 @@ def test_trust_remote_code_without_the_package(saved, tmp_path):
     assert {p["label"] for p in remote["pipeline"]} == {"cat", "dog", "bird"}
 
 
-def test_remote_code_imports_only_torch_and_transformers():
+def test_remote_code_imports_only_torch_transformers_numpy_and_pil():
     import ast
 
     from pathlib import Path
@@ -110,8 +114,10 @@ def test_remote_code_imports_only_torch_and_transformers():
     import modeling_ifam
 
     package = Path(modeling_ifam.__file__).parent
-    allowed = {"torch", "transformers", "huggingface_hub", "math", "dataclasses", "typing", "__future__"}
-    for name in ("configuration_ifam.py", "modeling_ifam.py", "part_losses.py"):
+    allowed = {"torch", "transformers", "huggingface_hub", "math", "dataclasses", "typing", "__future__", "io",
+               "numpy", "PIL"}
+    for name in ("configuration_ifam.py", "modeling_ifam.py", "part_losses.py", "pipeline_ifam.py",
+                 "image_processing_ifam.py"):
         tree = ast.parse((package / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
