@@ -6,8 +6,9 @@
   ``ifam_data.benchmarks``) raises naming the first bad file.
 * :class:`SkipUnreadableImages` wraps a ``with_transform`` callable so that a file that turned bad after the check
   (deleted, truncated) is skipped with a warning naming it, up to a limit, instead of ending a training run.
-* :func:`check_image` is the front-door check of one image given to an image processor (empty, non-finite, wrong
-  dtype or shape), raising ``ValueError``/``TypeError`` that names the input.
+* :func:`check_image` (re-exported from ``modeling_ifam.image_processing_ifam``, where ``IFAMImageProcessor.preprocess``
+  calls it on every image) is the front-door check of one decoded image (empty, non-finite, wrong dtype or shape),
+  raising ``ValueError``/``TypeError`` that names the input.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-import numpy as np
 from PIL import Image as PILImage
 
 from datasets import Dataset, DatasetDict, Image
+from modeling_ifam.image_processing_ifam import check_image  # noqa: F401  (re-exported; the one implementation)
 
 logger = logging.getLogger(__name__)
 
@@ -215,28 +216,3 @@ def skip_unreadable_images(dataset: Dataset, transform: Callable[[dict], dict], 
     for name in image_columns:
         dataset = dataset.cast_column(name, Image(mode=modes[name], decode=False))
     return dataset.with_transform(SkipUnreadableImages(transform, dataset.features, limit))
-
-
-def check_image(image: Any, name: str = "image") -> None:
-    """
-    Raise ``ValueError``/``TypeError`` naming ``name`` when ``image`` (a PIL image, or an array/tensor in HWC or CHW
-    layout) cannot be preprocessed: zero-sized, not 2- or 3-dimensional, a dtype that is not a number, or float values
-    that are NaN or infinite. Meant for the top of an image processor's ``preprocess``.
-    """
-    if isinstance(image, PILImage.Image):
-        if image.width == 0 or image.height == 0:
-            raise ValueError(f"{name} is zero-sized ({image.width}x{image.height} pixels).")
-        return
-    if type(image).__module__.startswith("torch"):
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name} must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}.")
-    if image.ndim not in (2, 3):
-        raise ValueError(f"{name} must have 2 (HW) or 3 (HWC or CHW) dimensions, got shape {image.shape}.")
-    if image.size == 0:
-        raise ValueError(f"{name} is empty (shape {image.shape}).")
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_) or np.iscomplexobj(image):
-        raise TypeError(f"{name} must hold real numbers, got dtype {image.dtype}.")
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        raise ValueError(f"{name} holds {int(np.isnan(image).sum())} NaN and {int(np.isinf(image).sum())} infinite "
-                         "values.")

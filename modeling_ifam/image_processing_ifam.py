@@ -4,11 +4,19 @@ plus the geometry that maps the patch-level explanation back onto the input imag
 `IFAMImageProcessor` is registered for `AutoImageProcessor` (`register_for_auto_class` in `__init__.py`): its
 `save_pretrained` copies this module beside the weights, and `IFAMPreTrainedModel.save_pretrained` names it in
 `config.json`'s `auto_map` (see `IFAMImageProcessorMixin.to_dict` for why there and not in `preprocessor_config.json`).
-This module is copied to the Hub for ``trust_remote_code`` users: it imports only numpy, torch and transformers.
+`check_image` / `check_images` are the front door (issue 17): `IFAMImageProcessor.preprocess` calls them on every image
+before transformers' code runs, so that an image it cannot take (zero-sized, not a number, NaN or infinite values, an
+empty batch, a file that cannot be decoded) raises a `ValueError`/`TypeError` naming that image instead of failing deep
+inside a library. `ifam_data.verify` re-exports `check_image`.
+
+This module is copied to the Hub for ``trust_remote_code`` users: it imports only numpy, PIL, torch and transformers.
 """
+
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import BitImageProcessor, BitImageProcessorPil
 from transformers.image_transforms import get_resize_output_image_size
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, PILImageResampling
@@ -99,8 +107,100 @@ def post_process_part_maps(processor, outputs, target_sizes=None) -> list[dict[s
     return results
 
 
+def check_image(image: Any, name: str = "image") -> None:
+    """
+    Raise ``ValueError``/``TypeError`` naming ``name`` when ``image`` (a PIL image, or a numpy array / torch tensor in
+    HW, HWC or CHW layout) cannot be preprocessed: zero-sized, not 2- or 3-dimensional, a dtype that is not a real
+    number, or float values that are NaN or infinite. Called on every image at the top of
+    `IFAMImageProcessor.preprocess` (through `check_images`) and by the `ifam-explanation` pipeline.
+    """
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"{name} is zero-sized ({image.width}x{image.height} pixels).")
+        return
+    if isinstance(image, torch.Tensor):
+        shape, dtype = tuple(image.shape), image.dtype
+        real = not (image.is_complex() or dtype in (torch.quint8, torch.qint8, torch.qint32))
+        floating = image.is_floating_point()
+    elif isinstance(image, np.ndarray):
+        shape, dtype = image.shape, image.dtype
+        real = (np.issubdtype(dtype, np.number) or dtype == np.bool_) and not np.iscomplexobj(image)
+        floating = np.issubdtype(dtype, np.floating)
+    else:
+        raise TypeError(f"{name} must be a PIL image, a numpy array, a torch tensor or a path or URL, got "
+                        f"{type(image).__name__}.")
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{name} must have 2 (HW) or 3 (HWC or CHW) dimensions, got shape {shape}.")
+    if 0 in shape:
+        raise ValueError(f"{name} is empty (shape {shape}).")
+    if not real:
+        raise TypeError(f"{name} must hold real numbers, got dtype {dtype}.")
+    if floating:
+        if isinstance(image, torch.Tensor):
+            nan, inf = int(torch.isnan(image).sum()), int(torch.isinf(image).sum())
+        else:
+            nan, inf = int(np.isnan(image).sum()), int(np.isinf(image).sum())
+        if nan or inf:
+            raise ValueError(f"{name} holds {nan} NaN and {inf} infinite values.")
+
+
+def check_images(images: Any, name: str = "images") -> None:
+    """
+    `check_image` on every image of what an image processor is given: one image (named "image"), a list or tuple of
+    images (named ``images[i]``, nested lists ``images[i][j]``) or a batch array/tensor of 4 dimensions. Paths and URLs
+    are skipped: `IFAMImageProcessorMixin.fetch_images` reads and checks them. Raises ``ValueError`` for an empty batch.
+    """
+    if isinstance(images, str):
+        return
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError(f"`{name}` is an empty {type(images).__name__}: there is no image to preprocess.")
+        for index, item in enumerate(images):
+            if isinstance(item, (list, tuple)) or getattr(item, "ndim", None) == 4:
+                check_images(item, f"{name}[{index}]")
+            elif not isinstance(item, str):
+                check_image(item, f"{name}[{index}]")
+        return
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        if images.shape[0] == 0:
+            raise ValueError(f"`{name}` is an empty batch (shape {tuple(images.shape)}): there is no image to "
+                             "preprocess.")
+        for index in range(images.shape[0]):
+            check_image(images[index], f"{name}[{index}]")
+        return
+    check_image(images, "image" if name == "images" else name)
+
+
+def describe_source(source: str, limit: int = 120) -> str:
+    """A path, URL or base64 string, quoted and shortened for an error message."""
+    return repr(source) if len(source) <= limit else repr(source[:limit]) + f"... ({len(source)} characters)"
+
+
 class IFAMImageProcessorMixin:
-    """What iFAM adds to DINOv2's image processor."""
+    """What iFAM adds to DINOv2's image processor: the front-door checks and `post_process_part_maps`."""
+
+    def preprocess(self, images, *args, **kwargs):
+        """
+        DINOv2's preprocessing (the backend's `preprocess`), after `check_images`: an image it cannot take raises a
+        `ValueError`/`TypeError` naming it (`images[i]` in a batch) before transformers' code runs.
+        """
+        check_images(images)
+        return super().preprocess(images, *args, **kwargs)
+
+    def fetch_images(self, image_url_or_urls):
+        """The backend's `fetch_images` (paths and URLs), where a source that cannot be decoded raises a `ValueError`
+        naming it and the decoded image goes through `check_image`."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(item) for item in image_url_or_urls]
+        if not isinstance(image_url_or_urls, str):
+            return super().fetch_images(image_url_or_urls)
+        name = f"image {describe_source(image_url_or_urls)}"
+        try:
+            image = super().fetch_images(image_url_or_urls)
+        except Exception as error:  # missing file, undecodable or truncated bytes, a zoo of PIL exception types
+            raise ValueError(f"Could not read {name} ({type(error).__name__}: {error}).") from error
+        check_image(image, name)
+        return image
 
     def post_process_part_maps(self, outputs, target_sizes=None) -> list[dict[str, torch.Tensor]]:
         """
@@ -171,4 +271,4 @@ def dinov2_image_processor(image_size: int) -> IFAMImageProcessor:
 
 
 __all__ = ["IFAMImageProcessor", "IFAMImageProcessorPil", "dinov2_image_processor", "post_process_part_maps",
-           "OUTSIDE", "AUTO_MAP_ENTRY"]
+           "check_image", "check_images", "OUTSIDE", "AUTO_MAP_ENTRY"]

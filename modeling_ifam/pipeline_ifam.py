@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import Pipeline
-from transformers.image_utils import load_image
+from transformers.image_utils import get_image_size, load_image
 
-from .image_processing_ifam import AUTO_MAP_ENTRY, OUTSIDE, post_process_part_maps
+from .image_processing_ifam import AUTO_MAP_ENTRY, OUTSIDE, check_image, describe_source, post_process_part_maps
 
 
 TASK = "ifam-explanation"
@@ -129,24 +129,38 @@ class IFAMExplanationPipeline(Pipeline):
 
     def __call__(self, inputs, **kwargs: Any):
         """
-        Explain one image or a list of images (paths, URLs, PIL images, encoded bytes; any size and mode). Returns one
-        dict per image (see the class docstring), a list for a list.
+        Explain one image or a list of images (paths, URLs, PIL images, encoded bytes, numpy arrays or torch tensors
+        in HWC or CHW layout; any size and mode). Returns one dict per image (see the class docstring), a list for a
+        list (an empty list for an empty list).
         """
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
+            self._sanitize_parameters(**kwargs)  # bad arguments still raise
+            return []
         return super().__call__(inputs, **kwargs)
 
     def preprocess(self, image, timeout=None):
-        try:
-            if isinstance(image, (bytes, bytearray)):  # an encoded file, e.g. an upload
-                image = Image.open(io.BytesIO(image))
-                image.load()
-            image = load_image(image, timeout=timeout)
-        except Exception as error:  # undecodable bytes, missing file, unsupported type
-            raise ValueError(f"Could not read the image ({type(error).__name__}: {error}).") from error
-        if image.mode != "RGB":
-            image = image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
+        if isinstance(image, (np.ndarray, torch.Tensor)):  # decoded pixels: the image processor takes them as they are
+            check_image(image, "image")  # also where the folder's processor is DINOv2's plain one
+            if image.ndim == 2:  # a grey HW image: the image processors take it as HW1
+                image = image[..., None]
+            shape_only = np.broadcast_to(np.zeros((), dtype=np.uint8), tuple(image.shape))  # no memory
+            height, width = get_image_size(shape_only)
+        else:
+            name = f"the image {describe_source(image)}" if isinstance(image, str) else "the image"
+            try:
+                if isinstance(image, (bytes, bytearray)):  # an encoded file, e.g. an upload
+                    image = Image.open(io.BytesIO(image))
+                    image.load()
+                image = load_image(image, timeout=timeout)
+            except Exception as error:  # undecodable bytes, missing file, unsupported type
+                raise ValueError(f"Could not read {name} ({type(error).__name__}: {error}).") from error
+            check_image(image, name)
+            if image.mode != "RGB":
+                image = image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
+            height, width = image.height, image.width
         model_inputs = self.image_processor(images=image, return_tensors="pt")
         model_inputs = model_inputs.to(self.dtype) if self.dtype is not None else model_inputs
-        model_inputs["target_size"] = torch.tensor([[image.height, image.width]])
+        model_inputs["target_size"] = torch.tensor([[height, width]])
         return model_inputs
 
     def _forward(self, model_inputs, **forward_params):

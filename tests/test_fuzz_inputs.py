@@ -1,13 +1,15 @@
 """
-The front door, fuzzed (issue 17, item 3): generated bad inputs to the model, the image processor and
-`pipeline("image-classification")`. Each gets either a correct output or a `ValueError`/`TypeError` whose message names
-the input at fault; never a crash from deep inside a library, never NaN logits from finite input.
+The front door, fuzzed (issue 17, item 3): generated bad inputs to the model, the image processor that iFAM folders
+save and load (`IFAMImageProcessor` / `IFAMImageProcessorPil`), `pipeline("image-classification")` (transformers' stock
+pipeline, with that processor inside) and the `ifam-explanation` pipeline. Each gets either a correct output or a
+`ValueError`/`TypeError` whose message names the input at fault; never a crash from deep inside a library, never NaN
+logits from finite input.
 
-Cases marked `xfail(strict=True)` still fail inside transformers (the stock `BitImageProcessor` and
-`ImageClassificationPipeline`, which this repository does not own); `ifam_data.verify.check_image` gives the intended
-error for each (`test_check_image_names_what_the_processor_cannot_take`), ready to be called before the stock
-processor (there is no IFAM image processor subclass). When one starts passing, strict xfail fails: move it to the
-passing cases.
+The image checks live in `modeling_ifam.image_processing_ifam` (`check_image`, `check_images`), called at the top of
+`IFAMImageProcessor.preprocess` for every image. Cases marked `xfail(strict=True)` still fail inside transformers' stock
+`ImageClassificationPipeline` before our code runs (it decodes files itself with `load_image`, and indexes the first
+input of a list); the `ifam-explanation` pipeline handles the same inputs. When one starts passing, strict xfail fails:
+move it to the passing cases.
 """
 
 import math
@@ -21,8 +23,11 @@ import torch
 from PIL import Image
 
 from conftest import tiny_model
-from ifam_data.verify import check_image, image_error
-from modeling_ifam import dinov2_image_processor
+from ifam_data import verify
+from ifam_data.verify import image_error
+from modeling_ifam import IFAMImageProcessor, IFAMImageProcessorPil, dinov2_image_processor
+from modeling_ifam.image_processing_ifam import IFAMImageProcessorMixin, check_image
+from modeling_ifam.pipeline_ifam import TASK
 
 NUM_LABELS = 3  # conftest.tiny_config: cat, dog, bird
 OK = "ok"
@@ -223,13 +228,14 @@ def test_model_random_inputs_never_give_nan_logits_from_finite_input(model):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Images: the image processor and pipeline("image-classification")
+# Images: the IFAM image processor, pipeline("image-classification") and pipeline("ifam-explanation")
 # ---------------------------------------------------------------------------------------------------------------------
 def _array(shape, dtype=np.uint8, high=256):
     return np.random.default_rng(0).integers(0, high, shape).astype(dtype)
 
 
-IMAGES = {  # name -> (image or file name, expectation) ; expectation: OK, (exception, pattern) or ("xfail", exc)
+PIL_RANGE = r"The image to be converted to a PIL image contains values outside the range"
+IMAGES = {  # name -> (image, expectation); expectation: OK or (exception, pattern or None)
     "1x1 image": (lambda: Image.new("RGB", (1, 1), (200, 10, 10)), OK),
     "10000x10 image": (lambda: Image.new("RGB", (10000, 10), (200, 10, 10)), OK),
     "10x10000 image": (lambda: Image.new("RGB", (10, 10000), (200, 10, 10)), OK),
@@ -240,128 +246,222 @@ IMAGES = {  # name -> (image or file name, expectation) ; expectation: OK, (exce
     "RGBA image": (lambda: Image.new("RGBA", (30, 30), (10, 200, 30, 0)), OK),
     "palette image (P)": (lambda: Image.new("P", (30, 30), 3), OK),
     "1-bit image": (lambda: Image.new("1", (30, 30), 1), OK),
-    "16-bit HWC array": (lambda: _array((30, 30, 3), np.uint16, 65536), (ValueError, r"image .*\[0, 255\], got \[")),
+    "16-bit HWC array": (lambda: _array((30, 30, 3), np.uint16, 65536), (ValueError, PIL_RANGE + r" \[0, 255\]")),
     "int64 HWC array": (lambda: _array((30, 30, 3), np.int64), OK),
     "bool HWC array": (lambda: _array((30, 30, 3), np.uint8, 2).astype(bool), OK),
     "float64 HWC array in [0, 1]": (lambda: np.random.default_rng(0).random((30, 30, 3)), OK),
     "uint8 CHW tensor": (lambda: torch.from_numpy(_array((3, 30, 30))), OK),
-    "NaN float array": (lambda: np.full((30, 30, 3), np.nan, np.float32), (ValueError, r"image .* got \[nan, nan\]")),
-    "Inf float array": (lambda: np.full((30, 30, 3), np.inf, np.float32), (ValueError, r"image .* got \[inf, inf\]")),
-    "NaN float tensor": (lambda: torch.full((3, 30, 30), math.nan), (ValueError, r"image .* got \[nan, nan\]")),
+    "NaN float array": (lambda: np.full((30, 30, 3), np.nan, np.float32),
+                        (ValueError, r"^image holds 2700 NaN and 0 infinite values")),
+    "Inf float array": (lambda: np.full((30, 30, 3), np.inf, np.float32),
+                        (ValueError, r"^image holds 0 NaN and 2700 infinite values")),
+    "NaN float tensor": (lambda: torch.full((3, 30, 30), math.nan), (ValueError, r"^image holds 2700 NaN")),
+    "one NaN in a bfloat16 tensor": (lambda: torch.rand(3, 30, 30).to(torch.bfloat16).index_put_(
+        (torch.tensor(0), torch.tensor(1), torch.tensor(2)), torch.tensor(math.nan, dtype=torch.bfloat16)),
+                                     (ValueError, r"^image holds 1 NaN and 0 infinite")),
     "float array in [0, 255]": (lambda: np.random.default_rng(0).random((30, 30, 3), np.float32) * 255,
-                                (ValueError, r"image .*outside the range \[0, 1\]")),
-    "16-bit HW1 array": (lambda: _array((30, 30, 1), np.uint16, 65536),
-                         (ValueError, r"image .*outside the range \[0, 255\]")),
+                                (ValueError, PIL_RANGE + r" \[0, 1\]")),
+    "16-bit HW1 array": (lambda: _array((30, 30, 1), np.uint16, 65536), (ValueError, PIL_RANGE + r" \[0, 255\]")),
     "integral float array in [0, 255]": (lambda: _array((30, 30, 3)).astype(np.float32), OK),
     "2-D array": (lambda: _array((30, 30)), (ValueError, r"Could not make a flat list of images")),
     "5-channel array": (lambda: _array((30, 30, 5)), (ValueError, r"Unable to infer channel dimension format")),
-    "None": (lambda: None, (ValueError, TypeError)),
-    "raw bytes": (lambda: os.urandom(100), (TypeError, r"(only a single or a list|Incorrect format used for image)")),
-    "zero-sized image (0x0)": (lambda: Image.new("RGB", (0, 0)), ("xfail", ZeroDivisionError)),
-    "zero-height array (0x10x3)": (lambda: np.zeros((0, 10, 3), np.uint8), ("xfail", ZeroDivisionError)),
-    "string-dtype array": (lambda: np.full((30, 30, 3), "a"), ("xfail", ValueError)),  # "invalid literal for int()"
-    "object-dtype array": (lambda: np.empty((30, 30, 3), object), ("xfail", TypeError)),  # "int() argument must be"
+    "None": (lambda: None, ((ValueError, TypeError), None)),
+    "raw bytes": (lambda: os.urandom(100), (TypeError, r"(image must be a PIL image.*got bytes|Incorrect format used "
+                                                       r"for image)")),
+    "zero-sized image (0x0)": (lambda: Image.new("RGB", (0, 0)), (ValueError, r"image is zero-sized \(0x0 pixels\)")),
+    "zero-height array (0x10x3)": (lambda: np.zeros((0, 10, 3), np.uint8),
+                                   (ValueError, r"^image is empty \(shape \(0, 10, 3\)\)")),
+    "string-dtype array": (lambda: np.full((30, 30, 3), "a"), (TypeError, r"^image must hold real numbers, got dtype "
+                                                                          r"<U1")),
+    "object-dtype array": (lambda: np.empty((30, 30, 3), object),
+                           (TypeError, r"^image must hold real numbers, got dtype object")),
+    "complex array": (lambda: np.zeros((30, 30, 3), np.complex64),
+                      (TypeError, r"^image must hold real numbers, got dtype complex64")),
+    "5-D tensor given as one image": (lambda: torch.zeros(1, 1, 3, 30, 30),
+                                      (ValueError, r"^image must have 2 \(HW\) or 3 \(HWC or CHW\) dimensions")),
 }
-FILES = {  # pipeline only: a path to a file
-    "16-bit PNG file": ("16bit.png", OK),
-    "CMYK JPEG file": ("cmyk.jpg", OK),
-    "missing file": ("missing.png", (ValueError, r"missing\.png")),
-    "random bytes as an image file": ("random.png", ("xfail", OSError)),  # PIL.UnidentifiedImageError
-    "empty (0-byte) image file": ("empty.png", ("xfail", OSError)),
-    "zero-sized PNG file": ("zero.png", ("xfail", OSError)),
-    "truncated PNG file": ("truncated.png", ("xfail", OSError)),  # "image file is truncated", no file name
+# where the `ifam-explanation` pipeline answers differently (it reads encoded bytes and takes grey HW arrays)
+EXPLAIN_IMAGES = {
+    "2-D array": OK,
+    "raw bytes": (ValueError, r"Could not read the image \(UnidentifiedImageError"),
 }
 
 
-def _cases(table):
-    params = []
-    for name, (_, expected) in table.items():
-        marks = ()
-        if expected[0] == "xfail":  # AssertionError: a ValueError whose message does not name the input
-            marks = pytest.mark.xfail(raises=(expected[1], AssertionError), strict=True,
-                                      reason="fails inside transformers' stock image processor / pipeline")
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
+def _cannot_read(file):
+    return ValueError, r"Could not read (the )?image '[^']*" + file.replace(".", r"\.") + r"'"
 
 
-def _wanted(expected, names: str):
-    """`pytest.raises` arguments: the expected error, or for an xfail case the error wanted (one naming the input)."""
-    if expected[0] == "xfail":
-        return (ValueError, TypeError), {"match": names}
-    if isinstance(expected[1], type):
-        return expected, {}
-    return expected[0], {"match": expected[1]}
+DECODES_ITSELF = "transformers' ImageClassificationPipeline decodes files itself (load_image) before our processor runs"
+FILES = {  # a path to a file: name -> (file, expectation, why the stock pipeline still fails or None)
+    "16-bit PNG file": ("16bit.png", OK, None),
+    "CMYK JPEG file": ("cmyk.jpg", OK, None),
+    "missing file": ("missing.png", (ValueError, r"missing\.png"), None),
+    "random bytes as an image file": ("random.png", _cannot_read("random.png"), DECODES_ITSELF),
+    "empty (0-byte) image file": ("empty.png", _cannot_read("empty.png"), DECODES_ITSELF),
+    "zero-sized PNG file": ("zero.png", _cannot_read("zero.png"), DECODES_ITSELF),
+    "truncated PNG file": ("truncated.png", _cannot_read("truncated.png"), DECODES_ITSELF),  # no file name from PIL
+}
 
 
-def _check_output(pixel_values=None, predictions=None):
+def _nan_batch_tensor():
+    pixels = torch.rand(2, 3, 30, 30)
+    pixels[1, 0, 0, 0] = math.nan
+    return pixels
+
+
+BATCHES = {  # image processor only: name -> (build(files), expectation)
+    "two good images": (lambda files: [Image.new("RGB", (30, 40)), _array((20, 30, 3))], OK),
+    "a 4-D batch array": (lambda files: _array((2, 30, 30, 3)), OK),
+    "a good and a bad path": (lambda files: [str(files / "good.png"), str(files / "random.png")],
+                              _cannot_read("random.png")),
+    "empty list": (lambda files: [], (ValueError, r"^`images` is an empty list")),
+    "empty tuple": (lambda files: (), (ValueError, r"^`images` is an empty tuple")),
+    "empty 4-D batch array": (lambda files: np.zeros((0, 3, 28, 28), np.float32),
+                              (ValueError, r"^`images` is an empty batch \(shape \(0, 3, 28, 28\)\)")),
+    "list holding an empty list": (lambda files: [[]], (ValueError, r"^`images\[0\]` is an empty list")),
+    "NaN in the second image of a list": (lambda files: [_array((30, 30, 3)), np.full((30, 30, 3), np.nan)],
+                                          (ValueError, r"^images\[1\] holds 2700 NaN")),
+    "NaN in the second image of a 4-D tensor": (lambda files: _nan_batch_tensor(),
+                                                (ValueError, r"^images\[1\] holds 1 NaN")),
+    "0x0 image in a nested list": (lambda files: [[Image.new("RGB", (5, 5))], [Image.new("RGB", (0, 0))]],
+                                   (ValueError, r"^images\[1\]\[0\] is zero-sized")),
+    "None in a list": (lambda files: [Image.new("RGB", (5, 5)), None],
+                       (TypeError, r"^images\[1\] must be a PIL image.*got NoneType")),
+}
+
+
+def _check_output(pixel_values=None, predictions=None, batch=1):
     if pixel_values is not None:
-        assert pixel_values.shape == (1, 3, 28, 28) and torch.isfinite(pixel_values).all()
+        assert pixel_values.shape == (batch, 3, 28, 28) and torch.isfinite(pixel_values).all()
     if predictions is not None:
         assert {p["label"] for p in predictions} == LABELS
         assert all(math.isfinite(p["score"]) for p in predictions)
         assert sum(p["score"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("name", _cases(IMAGES))
-def test_image_processor_front_door(model, name):
-    build, expected = IMAGES[name]
-    processor = dinov2_image_processor(28)
+def _raises(expected):
+    exceptions, pattern = expected
+    return pytest.raises(exceptions, match=pattern) if pattern else pytest.raises(exceptions)
+
+
+@pytest.fixture(scope="module", params=["IFAMImageProcessor", "IFAMImageProcessorPil"])
+def processor(request, folder):
+    """The processor an iFAM folder saves, loaded as each of the two classes (`AutoImageProcessor` picks one)."""
+    return {"IFAMImageProcessor": IFAMImageProcessor, "IFAMImageProcessorPil": IFAMImageProcessorPil}[
+        request.param].from_pretrained(folder)
+
+
+def test_folder_loads_the_ifam_processor(folder):
+    from transformers import AutoImageProcessor
+
+    assert isinstance(AutoImageProcessor.from_pretrained(folder), IFAMImageProcessorMixin)
+
+
+@pytest.mark.parametrize("name", list(IMAGES) + list(FILES) + list(BATCHES))
+def test_image_processor_front_door(model, processor, files, name):
+    if name in IMAGES:
+        build, expected = IMAGES[name]
+        images = build()
+    elif name in FILES:
+        images, expected = str(files / FILES[name][0]), FILES[name][1]
+    else:
+        build, expected = BATCHES[name]
+        images = build(files)
     if expected == OK:
-        pixel_values = processor(build(), return_tensors="pt")["pixel_values"]
-        _check_output(pixel_values)
+        pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+        _check_output(pixel_values, batch=len(images) if name in BATCHES else 1)
         with torch.no_grad():
             assert torch.isfinite(model(pixel_values=pixel_values).logits).all()
         return
-    exceptions, match = _wanted(expected, "image")
-    with pytest.raises(exceptions, **match):
-        processor(build(), return_tensors="pt")
+    with _raises(expected):
+        processor(images, return_tensors="pt")
 
 
 @pytest.fixture(scope="module")
 def classifier(folder):
     from transformers import pipeline
 
-    return pipeline("image-classification", model=str(folder), device="cpu")
+    classifier = pipeline("image-classification", model=str(folder), device="cpu")
+    assert isinstance(classifier.image_processor, IFAMImageProcessorMixin)
+    return classifier
 
 
-@pytest.mark.parametrize("name", _cases(IMAGES) + _cases(FILES))
-def test_pipeline_front_door(classifier, files, name):
-    build, expected = IMAGES[name] if name in IMAGES else (lambda: str(files / FILES[name][0]), FILES[name][1])
+@pytest.fixture(scope="module")
+def explain(folder):
+    from transformers import pipeline
+
+    explain = pipeline(TASK, model=str(folder), device="cpu")
+    assert isinstance(explain.image_processor, IFAMImageProcessorMixin)
+    return explain
+
+
+def _pipeline_cases():
+    params = []
+    for kind in ("image-classification", TASK):
+        for name in list(IMAGES) + list(FILES):
+            marks = ()
+            if kind == "image-classification" and name in FILES and FILES[name][2]:
+                marks = pytest.mark.xfail(raises=(OSError, AssertionError), strict=True, reason=FILES[name][2])
+            params.append(pytest.param(kind, name, marks=marks, id=f"{kind}: {name}"))
+    return params
+
+
+@pytest.mark.parametrize("kind, name", _pipeline_cases())
+def test_pipeline_front_door(classifier, explain, files, kind, name):
+    if name in IMAGES:
+        build, expected = IMAGES[name]
+        expected = EXPLAIN_IMAGES.get(name, expected) if kind == TASK else expected
+    else:
+        build, expected = (lambda: str(files / FILES[name][0])), FILES[name][1]
+    run = classifier if kind == "image-classification" else explain
     if expected == OK:
-        _check_output(predictions=classifier(build()))
+        result = run(build())
+        _check_output(predictions=result if kind == "image-classification" else result["predictions"])
         return
-    exceptions, match = _wanted(expected, "image" if name in IMAGES else FILES[name][0].replace(".", r"\."))
-    with pytest.raises(exceptions, **match):
-        classifier(build())
+    with _raises(expected):
+        run(build())
 
 
-def test_pipeline_batches(classifier, files):
+def test_pipeline_batches(classifier, explain, files):
     image = Image.new("RGB", (30, 30), (20, 30, 40))
     assert len(classifier([image, str(files / "16bit.png")], batch_size=2)) == 2
     assert classifier(image, top_k=10) and len(classifier(image, top_k=10)) == NUM_LABELS  # more than there are
+    assert len(explain([image, str(files / "16bit.png"), _array((30, 30, 3))], batch_size=2)) == 3
+    with pytest.raises(ValueError, match=r"Could not read the image '[^']*random\.png'"):
+        explain([image, str(files / "random.png")], batch_size=2)
 
 
-@pytest.mark.xfail(raises=IndexError, strict=True, reason="transformers' pipeline indexes the first input")
+@pytest.mark.xfail(raises=IndexError, strict=True, reason="transformers' pipeline indexes the first input of a list")
 def test_pipeline_empty_batch(classifier):
     assert classifier([]) == []
 
 
-@pytest.mark.parametrize("name", [n for n, (_, e) in {**IMAGES, **FILES}.items() if e[0] == "xfail"])
-def test_check_image_names_what_the_processor_cannot_take(files, name):
-    """What the stock processor and pipeline fail on deep inside: `check_image` / `image_error` name it instead."""
-    if name in FILES:
-        reason, _ = image_error(str(files / FILES[name][0]), mode="full")
-        assert reason is not None and (FILES[name][0] in reason or "bytes" in reason or "truncated" in reason)
-        return
-    with pytest.raises((ValueError, TypeError), match=r"^image "):
-        check_image(IMAGES[name][0]())
+def test_explanation_pipeline_empty_batch(explain):
+    assert explain([]) == [] and explain(()) == []
+    with pytest.raises(ValueError, match=r"part indices \[9\]"):  # the arguments are still checked
+        explain([], parts_to_drop=[9])
+
+
+def test_check_image_has_one_implementation():
+    """`ifam_data.verify` re-exports the processor's check, it keeps no copy."""
+    assert verify.check_image is check_image
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, why) in FILES.items() if why])
+def test_image_error_names_the_files_the_stock_pipeline_cannot_take(files, name):
+    """The training-data check (`ifam_data.verify.image_error`) finds the same files up front."""
+    reason, _ = image_error(str(files / FILES[name][0]), mode="full")
+    assert reason is not None and (FILES[name][0] in reason or "bytes" in reason or "truncated" in reason)
 
 
 def test_check_image_accepts_what_the_processor_takes():
     for name, (build, expected) in IMAGES.items():
-        if expected == OK:
+        if expected == OK and name != "2-D array":
             check_image(build(), name)
+    check_image(_array((30, 30)), "a grey HW array")
+    check_image(torch.rand(3, 4, 4).to(torch.bfloat16))
     for bad, pattern in [(np.full((4, 4, 3), np.nan), "NaN"), (np.zeros((4,)), "dimensions"),
-                         ("path.png", "must be a PIL image"), (np.zeros((4, 4, 3), np.complex64), "real numbers")]:
+                         ("path.png", "must be a PIL image"), (np.zeros((4, 4, 3), np.complex64), "real numbers"),
+                         (torch.zeros(4, 4, 3, dtype=torch.complex64), "real numbers")]:
         with pytest.raises((ValueError, TypeError), match=pattern):
             check_image(bad)
