@@ -1,8 +1,8 @@
 """Inference and training throughput of iFAM against a plain DINOv2 classifier, measured side by side in one run.
 
     python benchmarks/throughput.py                       # ViT-S/14 at 224, batch 16, float32 (fits a 2-core CPU)
-    python benchmarks/throughput.py --size base --image-size 518 --dtype bfloat16 --device cuda \
-        --stage1-image-size 224                                                   # the paper's setting on a GPU
+    python benchmarks/throughput.py --size base --image_size 518 --dtype bfloat16 --device cuda \
+        --stage1_image_size 224                                                   # the paper's setting on a GPU
     python benchmarks/throughput.py --only stage1_half stage1_small               # some groups only (see --only)
 
 Configurations, all with random weights and the selection fixed by `token_mask` (random weights select arbitrarily):
@@ -12,8 +12,8 @@ Configurations, all with random weights and the selection fixed by `token_mask` 
   (d) transformers' Dinov2ForImageClassification of the same size and resolution
 in two regimes: every image keeps 25% of its patches, and each image keeps a fraction drawn uniformly in [5%, 60%].
 A cheaper stage 1 (issue 16), measured in the same round-robin as (d):
-  (e) iFAM as (a) at 25%, stage 1 at half the image side (`stage1_image_size`, `--stage1-image-size` to change it)
-and, in a group of its own at the base size (`--stage1-small-batch-size`, default half the batch, for the CPU):
+  (e) iFAM as (a) at 25%, stage 1 at half the image side (`stage1_image_size`, `--stage1_image_size` to change it)
+and, in a group of its own at the base size (`--stage1_small_batch_size`, default half the batch, for the CPU):
   (f) iFAM with a ViT-S stage 1 and a ViT-B stage 2, packed, 25% kept (`stage1_config`)
   (g) iFAM with both stages ViT-B, packed, 25% kept (the paper's layout at that size)
   (h) Dinov2ForImageClassification ViT-B.
@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from transformers import Dinov2Config, Dinov2ForImageClassification
 
-from configuration_ifam import IFAMConfig
 from ifam_train.optim import set_trainable
-from modeling_ifam import IFAMForImageClassification
+from ifam_train.reporting import markdown_table
+from modeling_ifam import IFAMConfig, IFAMForImageClassification
 
 SIZES = {
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
@@ -47,21 +47,24 @@ GROUPS = ("main", "stage1_half", "stage1_small", "train")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=SIZES, default="small")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-parts", type=int, default=8)
+    parser.add_argument("--image_size", "--image-size", type=int, default=224)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=16)
+    parser.add_argument("--num_parts", "--num-parts", type=int, default=8)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--varied-draws", type=int, default=4, help="Selections drawn for the varied regime.")
+    parser.add_argument("--varied_draws", "--varied-draws", type=int, default=4,
+                        help="Selections drawn for the varied regime.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models (eval mode).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="Write the figures and ratios here.")
-    parser.add_argument("--stage1-image-size", type=int, default=None,
-                        help="Stage 1's resolution in configuration (e) (default: half the image side, a multiple of 14).")
-    parser.add_argument("--stage1-small-batch-size", type=int, default=None,
-                        help="Batch of the ViT-S/ViT-B group (f-h) (default: half of --batch-size).")
+    parser.add_argument("--output_file", "--output-file", "--json", dest="output_file", type=Path, default=None,
+                        help="Write the figures and ratios to this JSON file.")
+    parser.add_argument("--stage1_image_size", "--stage1-image-size", type=int, default=None,
+                        help="Stage 1's resolution in configuration (e) (default: half the image side, a multiple of "
+                        "14).")
+    parser.add_argument("--stage1_small_batch_size", "--stage1-small-batch-size", type=int, default=None,
+                        help="Batch of the ViT-S/ViT-B group (f-h) (default: half of --batch_size).")
     parser.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS),
                         help="Measure these groups only: main (a-d and the stage-2-only steps), stage1_half (e, with "
                         "d), stage1_small (f-h), train (the training steps).")
@@ -192,7 +195,7 @@ def main(argv=None) -> dict:
                 ifam.stage2(pixel_values, mask, weights)
         return step
 
-    figures = {"setting": {**vars(args), "json": str(args.json), "machine": machine(device),
+    figures = {"setting": {**vars(args), "json": str(args.output_file), "machine": machine(device),
                            "stage1_image_size_e": stage1_side}}
     steps = {"d_dinov2": inference(run_dinov2)} if {"main", "stage1_half"} & set(args.only) else {}
     if "main" in args.only:
@@ -214,9 +217,9 @@ def main(argv=None) -> dict:
         results.update(measure_training(ifam, dinov2, pixel_values, regimes["25"], autocast, generator, common))
     figures["ratios"] = ratios(results)
     print(table(figures))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    if args.output_file:
+        args.output_file.parent.mkdir(parents=True, exist_ok=True)
+        args.output_file.write_text(json.dumps(figures, indent=2) + "\n")
     return figures
 
 
@@ -318,13 +321,12 @@ def table(figures: dict) -> str:
     lines = [
         f"{setting['size']} ViT/14 at {setting['image_size']} px, batch {setting['batch_size']}, {setting['dtype']}, "
         f"{setting['machine']}",
-        "| configuration | images/s | peak memory (MiB) |",
-        "|---|---|---|",
+        markdown_table(["configuration", "images/s", "peak memory (MiB)"],
+                       [[name, f"{figure['images_per_second']:.1f}", f"{figure['peak_memory_mib']:.0f}"]
+                        for name, figure in figures["results"].items()]),
+        "",
+        markdown_table(["ratio", "value"], [[name, f"{value:.3f}"] for name, value in figures["ratios"].items()]),
     ]
-    for name, figure in figures["results"].items():
-        lines.append(f"| {name} | {figure['images_per_second']:.1f} | {figure['peak_memory_mib']:.0f} |")
-    lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {name} | {value:.3f} |" for name, value in figures["ratios"].items()]
     return "\n".join(lines)
 
 

@@ -55,5 +55,6 @@ def pretrain(
             optimizer.zero_grad(set_to_none=True)
     output_dir = Path(output_dir)
     backbone.save_pretrained(output_dir)
-    (output_dir / "pretraining.txt").write_text(f"masked-patch regression, {epochs} epochs, final loss {loss.item():.4f}\n")
+    summary = f"masked-patch regression, {epochs} epochs, final loss {loss.item():.4f}\n"
+    (output_dir / "pretraining.txt").write_text(summary)
     return output_dir

@@ -22,40 +22,44 @@ Regimes: "ood" (CUB -> Waterbird200 analogue: backgrounds independent of the cla
 among them line textures that resemble the class stripes) and "correlated" (Waterbirds analogue: each class on its own
 background kind 95% of the time in training, balanced test).
 
+The iFAM rows (and their token-removal rows) also say how well the parts are discovered: NMI and ARI between the part
+found at each of the objects' five landmarks and the landmark, and keypoint regression Kp (the landmarks regressed from
+the part centroids, fitted on train; error in % of the object's box), by `ifam_interventions.evaluate_parts`.
+
 `--stage1_rows add|only` (issue 16, a cheaper stage 1): in the ood regime, iFAM K = 1 at 112 px (16 x 16 patches) with
 stage 1 at full resolution and with stage 1 at half resolution (56 px, 8 x 8 patches; `--stage1_image_size 56`), both
 from a backbone pretrained on the 112-px images, with the inference throughput of each against a
 `Dinov2ForImageClassification` of the same size and resolution (random weights, measured round-robin in the same
-process, so the ratio holds on a shared machine but not the absolute images/s).
+process, so the ratio holds on a shared machine but not the absolute images/s), and their NMI, ARI and Kp.
 
 Writes `results/synthetic.json` (one row per regime and method: mean and std over seeds, accuracies in percent) and
 `results/synthetic.md` (`synthetic_quick.*` with `--quick`).
 """
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import os
 import statistics
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from pretrain_mim import pretrain  # the sibling script (this script's folder is on the path when it runs)
+from transformers import Dinov2Config
+
+from ifam_interventions.evaluate_parts import evaluate_parts
+from ifam_interventions.leave_one_out import leave_one_out
+from ifam_train import train
+from ifam_train.arguments import DataArguments
+from ifam_train.data import eval_dataloader, load_training_data
+from ifam_train.evaluation import compute_metrics, predict
+from ifam_train.reporting import markdown_table
+from modeling_ifam import IFAMForImageClassification, dinov2_image_processor
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import train  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-from ifam_interventions.leave_one_out import leave_one_out  # noqa: E402
-from ifam_train.arguments import parse_args  # noqa: E402
-from ifam_train.data import dinov2_processor, eval_dataloader, load_training_data  # noqa: E402
-from ifam_train.evaluation import compute_metrics, predict  # noqa: E402
-from modeling_ifam import IFAMForImageClassification  # noqa: E402
-from pretrain_mim import pretrain  # noqa: E402
-from transformers import Dinov2Config  # noqa: E402
 
 STAGE1_OFF = [f"--{name}_loss_weight=0" for name in (
     "stage1_classification", "presence", "equivariance", "orthogonality", "total_variation", "entropy", "background")]
@@ -68,34 +72,39 @@ METHODS = {  # name: (K, train.py options)
     "early mask, central block": (1, ["--num_parts", "1", "--token_mask_source", "center", *STAGE1_OFF]),
 }
 METRICS = ("average_accuracy", "worst_group_accuracy", "fg_miou")
+PART_METRICS = ("nmi", "ari", "keypoint_regression_error")  # iFAM rows: how well the parts are discovered
 # issue 16: stage 1 at half resolution, beside full resolution, at an image size where both grids are meaningful
 STAGE1_ROWS_IMAGE_SIZE = 112
-STAGE1_ROWS = {  # name: train.py options (K = 1, the ood regime)
+STAGE1_ROWS = {  # name: ifam-train options (K = 1, the ood regime)
     f"iFAM K=1 @{STAGE1_ROWS_IMAGE_SIZE} px": ["--num_parts", "1"],
     f"iFAM K=1 @{STAGE1_ROWS_IMAGE_SIZE} px, stage 1 @{STAGE1_ROWS_IMAGE_SIZE // 2} px": [
         "--num_parts", "1", "--stage1_image_size", str(STAGE1_ROWS_IMAGE_SIZE // 2)],
 }
-EXTRA_METRICS = ("throughput_ratio_vs_dinov2",)
+EXTRA_METRICS = ("throughput_ratio_vs_dinov2",)  # the stage-1 rows: images/s against DINOv2, a ratio (not in %)
 
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="One seed, the ood regime, K = 2.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--regimes", nargs="+", default=None)
-    parser.add_argument("--parts", type=int, nargs="+", default=None)
-    parser.add_argument("--num_train", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--pretrain_epochs", type=int, default=30,
+    parser.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--synthetic_regime", "--synthetic-regime", "--regimes", dest="regimes", nargs="+",
+                        choices=["ood", "correlated"], default=None)
+    parser.add_argument("--num_parts", "--num-parts", "--parts", dest="parts", type=int, nargs="+", default=None)
+    parser.add_argument("--synthetic_num_train", "--synthetic-num-train", "--num_train", dest="num_train", type=int,
+                        default=3000)
+    parser.add_argument("--num_train_epochs", "--num-train-epochs", "--epochs", dest="epochs", type=int, default=10)
+    parser.add_argument("--pretrain_epochs", "--pretrain-epochs", type=int, default=30,
                         help="Masked-patch pretraining epochs before training (0: every model from scratch).")
-    parser.add_argument("--backbone_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--backbone_learning_rate", "--backbone-learning-rate", type=float, default=1e-3)
     parser.add_argument("--jobs", type=int, default=2,
                         help="(regime, seed) pairs trained at once, in separate processes sharing the CPU cores "
-                        "(measured on 2 cores: two one-thread processes finish the same runs in 26%% less time than one).")
-    parser.add_argument("--stage1_rows", choices=["off", "add", "only"], default="off",
+                        "(measured on 2 cores: two one-thread processes finish the same runs in 26%% less time than "
+                        "one).")
+    parser.add_argument("--stage1_rows", "--stage1-rows", choices=["off", "add", "only"], default="off",
                         help="The cheaper-stage-1 rows (ood regime, 112 px): beside the table, or alone.")
-    parser.add_argument("--work_dir", type=Path, default=ROOT / "outputs" / "experiments")
-    parser.add_argument("--results_dir", type=Path, default=ROOT / "results")
+    parser.add_argument("--work_dir", "--work-dir", type=Path, default=ROOT / "outputs" / "experiments")
+    parser.add_argument("--output_dir", "--output-dir", "--results_dir", dest="results_dir", type=Path,
+                        default=ROOT / "results", help="Where the JSON and Markdown tables go.")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.regimes = args.regimes or (["ood"] if args.quick or args.stage1_rows == "only" else ["ood", "correlated"])
@@ -106,10 +115,10 @@ def parse(argv=None):
 
 
 def benchmark(regime: str, num_train: int, seed: int, image_size: int = 56):
-    """The built-in benchmark's `DatasetDict` exactly as train.py loads it for these settings (cached on disk)."""
-    size = [] if image_size == 56 else ["--image_size", str(image_size)]
-    return load_training_data(parse_args(["--synthetic_regime", regime, "--synthetic_num_train", str(num_train),
-                                          "--seed", str(seed), *size]))
+    """The built-in benchmark's `DatasetDict` exactly as `ifam-train` loads it for these settings (cached on disk)."""
+    data_args = DataArguments(synthetic_regime=regime, synthetic_num_train=num_train,
+                              image_size=None if image_size == 56 else image_size)
+    return load_training_data(data_args, seed=seed)
 
 
 def pretrained_backbone(args, regime: str, seed: int, image_size: int = 56) -> str:
@@ -118,14 +127,17 @@ def pretrained_backbone(args, regime: str, seed: int, image_size: int = 56) -> s
     if (folder / "config.json").is_file():
         return str(folder)
     data = benchmark(regime, args.num_train, seed, image_size)["train"]
-    images = torch.cat([batch["pixel_values"] for batch in eval_dataloader(data, dinov2_processor(image_size), 256)])
+    images = torch.cat([
+        batch["pixel_values"] for batch in eval_dataloader(data, dinov2_image_processor(image_size), 256)
+    ])
     config = Dinov2Config(**train.SMALL_BACKBONE, patch_size=7, image_size=image_size)
     pretrain(images, config, folder, epochs=args.pretrain_epochs, seed=seed)
     return str(folder)
 
 
 def run(args, regime: str, seed: int, name: str, options: list[str], image_size: int = 56) -> Path:
-    folder = args.work_dir / regime / f"seed{seed}" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("@", "at")
+    slug = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("@", "at")
+    folder = args.work_dir / regime / f"seed{seed}" / slug
     if not (folder / "metrics.json").is_file():
         start = ["--model_name_or_path", pretrained_backbone(args, regime, seed, image_size)] \
             if args.pretrain_epochs else []
@@ -143,8 +155,16 @@ def evaluate_split(folder: Path, regime: str, seed: int, split: str, args, **for
     """Test metrics of a trained iFAM folder, also with interventions or its stage-1 predictions."""
     model = IFAMForImageClassification.from_pretrained(folder).eval()
     size = model.config.image_size
-    loader = eval_dataloader(benchmark(regime, args.num_train, seed, size)[split], dinov2_processor(size), 256)
+    loader = eval_dataloader(benchmark(regime, args.num_train, seed, size)[split], dinov2_image_processor(size), 256)
     return model, loader
+
+
+def load_benchmark_script(name: str):
+    """A script of `benchmarks/` (not a package), loaded by its path: the round-robin timing of `throughput.py`."""
+    spec = importlib.util.spec_from_file_location(f"ifam_benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def stage1_rows(args, regime: str, seed: int, accelerator) -> dict[str, dict]:
@@ -152,9 +172,9 @@ def stage1_rows(args, regime: str, seed: int, accelerator) -> dict[str, dict]:
     Issue 16: iFAM K = 1 at 112 px with stage 1 at full and at half resolution: test metrics and the inference
     throughput of each against `Dinov2ForImageClassification` of the same size at 112 px (one round-robin timing).
     """
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from throughput import measure_all
     from transformers import Dinov2ForImageClassification
+
+    measure_all = load_benchmark_script("throughput").measure_all
 
     size, rows, steps, batch = STAGE1_ROWS_IMAGE_SIZE, {}, {}, 64
     pixel_values = None
@@ -162,13 +182,16 @@ def stage1_rows(args, regime: str, seed: int, accelerator) -> dict[str, dict]:
         folder = run(args, regime, seed, label, options, image_size=size)
         metrics = json.loads((folder / "metrics.json").read_text())["test"]
         rows[label] = {"K": 1, **{m: 100 * metrics[m] for m in METRICS if m in metrics}}
+        for row in part_rows(args, regime, seed, folder, accelerator):  # on stage 1's own grid, upsampled to the input
+            if row["percentile"] is None:
+                rows[label].update({m: 100 * row[m] for m in PART_METRICS if m in row})
         model, loader = evaluate_split(folder, regime, seed, "test", args)
         if pixel_values is None:
             pixel_values = next(iter(loader))["pixel_values"][:batch]
             dinov2 = Dinov2ForImageClassification(Dinov2Config(**train.SMALL_BACKBONE, patch_size=7, image_size=size,
                                                                num_labels=model.config.num_labels)).eval()
-            steps["dinov2"] = lambda m=dinov2: m(pixel_values)
-        steps[label] = lambda m=model: m(pixel_values)  # its own stage-1 selection
+            steps["dinov2"] = lambda m=dinov2, x=pixel_values: m(x)
+        steps[label] = lambda m=model, x=pixel_values: m(x)  # its own stage-1 selection
     with torch.inference_mode():
         timing = measure_all(steps, device=torch.device("cpu"), warmup=2, repeats=9, batch_size=len(pixel_values))
     for label in STAGE1_ROWS:
@@ -199,7 +222,17 @@ def rows_for_seed(args, regime: str, seed: int) -> dict[str, dict]:
             rows[label] = {"K": parts, **{m: 100 * metrics[m] for m in METRICS if m in metrics}}
             if label.startswith("iFAM K="):
                 rows.update(intervention_rows(args, regime, seed, label, parts, folder, accelerator))
+                for row in part_rows(args, regime, seed, folder, accelerator):
+                    key = label if row["percentile"] is None else f"{label} + token removal q={row['percentile']:g}"
+                    rows[key].update({m: 100 * row[m] for m in PART_METRICS if m in row})
     return rows
+
+
+def part_rows(args, regime, seed, folder, accelerator) -> list[dict]:
+    """NMI, ARI and Kp of the model's parts on test (Kp fitted on train), without and with token removal."""
+    model, test = evaluate_split(folder, regime, seed, "test", args)
+    _, train_split = evaluate_split(folder, regime, seed, "train", args)
+    return evaluate_parts(model, test, train_split, accelerator, percentiles=(97.0, 99.0))
 
 
 def intervention_rows(args, regime, seed, label, parts, folder, accelerator) -> dict[str, dict]:
@@ -224,7 +257,7 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
     for method in per_seed[0]:
         runs = [seed_rows[method] for seed_rows in per_seed]
         row = {"method": method, "K": runs[0]["K"]}
-        for metric in METRICS + EXTRA_METRICS:
+        for metric in METRICS + PART_METRICS + EXTRA_METRICS:
             values = [r[metric] for r in runs if metric in r]
             if values:
                 row[metric] = {"mean": statistics.fmean(values),
@@ -235,17 +268,15 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
 
 def markdown(table: dict[str, list[dict]], seeds: int) -> str:
     lines = []
+    header = ["method", "K", "average accuracy", "worst-group accuracy", "foreground mIoU", "NMI", "ARI", "Kp ↓"]
     for regime, rows in table.items():
         extra = [m for m in EXTRA_METRICS if any(m in row for row in rows)]
-        header = "| method | K | average accuracy | worst-group accuracy | foreground mIoU |"
-        header += "".join(f" {m.replace('_', ' ')} |" for m in extra)
+        cells = [[row["method"], row["K"] if row["K"] is not None else "–"]
+                 + [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS + PART_METRICS]
+                 + [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" if m in row else "–" for m in extra]
+                 for row in rows]
         lines += [f"### Regime `{regime}` ({seeds} seed{'s' * (seeds > 1)}, test split, %)", "",
-                  header, "|---" * (5 + len(extra)) + "|"]
-        for row in rows:
-            cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS]
-            cells += [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" if m in row else "–" for m in extra]
-            lines.append(f"| {row['method']} | {row['K'] if row['K'] is not None else '–'} | " + " | ".join(cells) + " |")
-        lines.append("")
+                  markdown_table(header + [m.replace("_", " ") for m in extra], cells), ""]
     return "\n".join(lines)
 
 

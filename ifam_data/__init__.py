@@ -13,11 +13,12 @@ from .benchmarks import (
     load_waterbirds,
     verify_images,
 )
-from .synthetic import BACKGROUND_KINDS, make_synthetic_benchmark, mask_to_token_mask
+from .synthetic import BACKGROUND_KINDS, KEYPOINT_NAMES, make_synthetic_benchmark, mask_to_token_mask
 
 __all__ = [
     "BACKGROUND_KINDS",
     "BENCHMARKS",
+    "KEYPOINT_NAMES",
     "imagenet_to_in9_index",
     "load_benchmark",
     "load_cub",

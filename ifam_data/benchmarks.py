@@ -21,13 +21,15 @@ import json
 import os
 import pickle
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image as PILImage
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+
+from .verify import verify_images  # re-exported; the checks live in ifam_data/verify.py
 
 __all__ = [
     "BENCHMARKS",
@@ -149,7 +151,8 @@ def _carve_validation(dd: DatasetDict, fraction: float, source: str, seed: int,
     out = dict(dd)
     out[source] = parts["train"]
     out["validation"] = parts["test"]
-    order = [s for s in ("train", "validation", "test") if s in out] + [s for s in out if s not in ("train", "validation", "test")]
+    standard = ("train", "validation", "test")
+    order = [s for s in standard if s in out] + [s for s in out if s not in standard]
     return DatasetDict({s: out[s] for s in order})
 
 
@@ -157,38 +160,6 @@ def _finish(dd: DatasetDict, verify: bool) -> DatasetDict:
     if verify:
         verify_images(dd)
     return dd
-
-
-def verify_images(dataset_dict, columns: Optional[Sequence[str]] = None) -> None:
-    """Open and fully decode every image of every split; raise naming the first bad file.
-
-    ``dataset_dict`` may be a ``DatasetDict`` or a single ``Dataset``. ``columns`` defaults to
-    every column whose feature is ``datasets.Image``. Missing files raise ``FileNotFoundError``,
-    unreadable ones ``ValueError``; both messages contain the file path.
-    """
-    splits = dataset_dict.items() if isinstance(dataset_dict, (DatasetDict, dict)) else [(None, dataset_dict)]
-    for split, ds in splits:
-        cols = columns or [c for c, f in ds.features.items() if isinstance(f, Image)]
-        for col in cols:
-            raw = ds.cast_column(col, Image(decode=False))
-            for i, item in enumerate(raw[col]):
-                if item is None:
-                    continue
-                path, data = item.get("path"), item.get("bytes")
-                where = f"split {split!r}, column {col!r}, row {i}"
-                if data is None:
-                    if not path or not os.path.exists(path):
-                        raise FileNotFoundError(f"image file not found: {path} ({where})")
-                    source: Any = path
-                else:
-                    import io
-
-                    source = io.BytesIO(data)
-                try:
-                    with PILImage.open(source) as im:
-                        im.load()
-                except Exception as err:  # PIL raises a zoo of exception types
-                    raise ValueError(f"unreadable image file: {path or '<embedded bytes>'} ({where}): {err}") from err
 
 
 # ============================================================================================
@@ -225,7 +196,9 @@ def load_waterbirds(data_dir: str, image_subdir: str = WATERBIRDS_SUBDIR, mask_s
     mask_root = _resolve_mask_root(root, mask_subdir) if mask_subdir else None
 
     split_names = {0: "train", 1: "validation", 2: "test"}
-    cols: Dict[str, Dict[str, list]] = {s: {"image": [], "label": [], "place": [], "group": []} for s in split_names.values()}
+    cols: Dict[str, Dict[str, list]] = {
+        s: {"image": [], "label": [], "place": [], "group": []} for s in split_names.values()
+    }
     for r in rows:
         s = _to_int(r["split"], meta_path, "split")
         if s not in split_names:
@@ -348,7 +321,8 @@ def load_metashift(data_dir: str, train_subdir: str = "train", test_subdir: str 
 # ============================================================================================
 def load_cub(data_dir: str, image_subdir: str = "images", ood_subdir: Optional[str] = "auto",
              ood_split_name: str = "test_waterbird200", mask_subdir: Optional[str] = None,
-             validation_fraction: float = 0.0, seed: int = 0, verify: bool = False) -> DatasetDict:
+             validation_fraction: float = 0.0, seed: int = 0, verify: bool = False,
+             keypoints: Optional[bool] = None) -> DatasetDict:
     """CUB-200-2011 from its official layout, with Waterbird200 as an extra OOD test split.
 
     ``data_dir`` (``CUB_200_2011``) holds ``images.txt`` (``<id> <relpath>``),
@@ -361,6 +335,11 @@ def load_cub(data_dir: str, image_subdir: str = "images", ood_subdir: Optional[s
     ``mask_subdir="segmentations"`` adds a ``mask`` column (``segmentations/<NNN.Name>/*.png``).
     Class names drop the ``NNN.`` prefix. The official split has no validation set:
     ``validation_fraction`` > 0 carves one (stratified by class) out of train.
+
+    ``keypoints`` (default: when ``parts/part_locs.txt`` and ``bounding_boxes.txt`` both exist; ``True`` requires
+    them) adds ``keypoints``, the 15 part locations ``[x, y, visible]`` of ``part_locs.txt`` (``<id> <part id> <x> <y>
+    <visible>``) in part-id order, and ``bbox``, ``[x, y, width, height]`` of ``bounding_boxes.txt``, in pixels of
+    the original image. Waterbird200 shares the test split's annotations (the same birds at the same places).
     """
     _require_dir(data_dir, "CUB data")
     images = _read_id_table(os.path.join(data_dir, "images.txt"), 1, "CUB images list")
@@ -385,6 +364,7 @@ def load_cub(data_dir: str, image_subdir: str = "images", ood_subdir: Optional[s
     elif ood_subdir:
         ood_root = _require_dir(os.path.join(data_dir, ood_subdir), "Waterbird200 (OOD)")
 
+    annotations = _read_cub_annotations(data_dir, images, keypoints)
     split_cols: Dict[str, Dict[str, list]] = {"train": {"image": [], "label": []}, "test": {"image": [], "label": []}}
     test_rel: List[Tuple[str, int]] = []
     for img_id in sorted(images, key=lambda x: int(x) if x.isdigit() else x):
@@ -398,6 +378,9 @@ def load_cub(data_dir: str, image_subdir: str = "images", ood_subdir: Optional[s
         c["label"].append(class_index[cid])
         if mask_root is not None:
             c.setdefault("mask", []).append(os.path.abspath(os.path.join(mask_root, os.path.splitext(rel)[0] + ".png")))
+        if annotations is not None:
+            c.setdefault("keypoints", []).append(annotations[0][img_id])
+            c.setdefault("bbox", []).append(annotations[1][img_id])
         if split == "test":
             test_rel.append((rel, class_index[cid]))
 
@@ -406,6 +389,8 @@ def load_cub(data_dir: str, image_subdir: str = "images", ood_subdir: Optional[s
         "label": ClassLabel(names=class_names),
         "place": ClassLabel(names=WATERBIRDS_PLACES),
         "mask": Image(),
+        "keypoints": datasets.List(datasets.List(Value("float32"), length=3)),
+        "bbox": datasets.List(Value("float32"), length=4),
     })
     images_txt = os.path.join(data_dir, "images.txt")
     out = {}
@@ -425,11 +410,50 @@ def load_cub(data_dir: str, image_subdir: str = "images", ood_subdir: Optional[s
                 c["place"] = [place[rel] for rel, _ in test_rel]
         if mask_root is not None:
             c["mask"] = list(split_cols["test"]["mask"])
+        if annotations is not None:
+            c["keypoints"], c["bbox"] = list(split_cols["test"]["keypoints"]), list(split_cols["test"]["bbox"])
         _check_files_exist(c["image"], f"{images_txt} under {ood_root}")
         out[ood_split_name] = _make_dataset(c, features, ood_split_name)
     dd = DatasetDict(out)
     dd = _carve_validation(dd, validation_fraction, "train", seed, "label")
     return _finish(dd, verify)
+
+
+def _read_cub_annotations(data_dir: str, images: Dict[str, List[str]], wanted: Optional[bool]):
+    """({id: [[x, y, visible]] * P}, {id: [x, y, w, h]}) from CUB's part_locs.txt and bounding_boxes.txt, or None."""
+    parts_path = os.path.join(data_dir, "parts", "part_locs.txt")
+    boxes_path = os.path.join(data_dir, "bounding_boxes.txt")
+    if wanted is False or (wanted is None and not (os.path.isfile(parts_path) and os.path.isfile(boxes_path))):
+        return None
+    boxes_raw = _read_id_table(boxes_path, 4, "CUB bounding boxes")
+    _require_file(parts_path, "CUB part locations")
+    points: Dict[str, Dict[int, List[float]]] = {}
+    with open(parts_path) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                if len(fields) != 5:
+                    raise ValueError
+                x, y, visible = float(fields[2]), float(fields[3]), float(fields[4])
+                points.setdefault(fields[0], {})[int(fields[1])] = [x, y, 1.0 if visible > 0 else 0.0]
+            except ValueError:
+                raise ValueError(f"{parts_path}:{lineno}: expected '<image id> <part id> <x> <y> <visible>', "
+                                 f"got {line.strip()!r}") from None
+    part_ids = sorted({p for per_image in points.values() for p in per_image})
+    keypoints, boxes = {}, {}
+    for img_id in images:
+        if img_id not in points or sorted(points[img_id]) != part_ids:
+            raise ValueError(f"{parts_path}: image id {img_id} does not have all of the parts {part_ids}")
+        if img_id not in boxes_raw:
+            raise ValueError(f"{boxes_path}: no entry for image id {img_id}")
+        keypoints[img_id] = [points[img_id][p] for p in part_ids]
+        try:
+            boxes[img_id] = [float(v) for v in boxes_raw[img_id]]
+        except ValueError:
+            raise ValueError(f"{boxes_path}: image id {img_id} has a non-numeric box {boxes_raw[img_id]}") from None
+    return keypoints, boxes
 
 
 # ============================================================================================
@@ -719,7 +743,7 @@ def load_generic(dataset_name: Optional[str] = None, train_dir: Optional[str] = 
         renames.append((group_column_name, "group"))
     out = {}
     for split, ds in dd.items():
-        for src, dst in renames:
+        for src, _ in renames:
             if src not in ds.column_names:
                 raise ValueError(f"{origin}: split {split!r} has no column {src!r} "
                                  f"(columns: {ds.column_names}); set the matching *_column_name argument")

@@ -34,7 +34,12 @@ over the kinds of the regime, an int), ``group`` (``ClassLabel``, ``label * num_
 background`` where ``num_kinds`` is the number of background kinds used by the regime:
 ``num_classes`` for "correlated", ``num_train_backgrounds + num_test_backgrounds`` for "ood"),
 ``mask`` (``datasets.Image(mode="L")``, uint8 ground-truth foreground with values 0/1 at pixel
-resolution; PIL "L" so that it follows the same geometric transforms as the image).
+resolution; PIL "L" so that it follows the same geometric transforms as the image), ``keypoints``
+(five landmarks per object, ``[x, y, visible]`` each in pixel coordinates with the origin at the image's top-left
+corner, see :data:`KEYPOINT_NAMES`: the ellipse's centre and the ends of its two axes; an end outside the image is
+invisible, ``visible = 0``) and ``bbox`` (``[x, y, width, height]``, the tight box of the object's mask pixels), the
+layout of CUB's ``parts/part_locs.txt`` and ``bounding_boxes.txt``. They are derived from the drawn geometry, with no
+extra random draw: the images are those of generator version 2.
 
 Use :func:`mask_to_token_mask` to turn a pixel mask into a per-patch boolean foreground mask.
 """
@@ -57,12 +62,19 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
 __all__ = [
     "BACKGROUND_KINDS",
+    "KEYPOINT_NAMES",
     "make_synthetic_benchmark",
     "mask_to_token_mask",
     "synthetic_config",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: keypoints and bbox columns (same images as 2)
+
+#: The landmarks of every object, in the order of the ``keypoints`` column. The ellipse is drawn rotated by an angle
+#: in [0, 180) degrees, so "end 1" of the major axis is the one lower in the image (or the right one when the axis is
+#: horizontal) and "end 1" of the minor axis the one to the left (or the upper one when it is vertical).
+KEYPOINT_NAMES: Tuple[str, ...] = ("centre", "major_axis_end_1", "major_axis_end_2", "minor_axis_end_1",
+                                   "minor_axis_end_2")
 
 # (name, texture, hue in [0, 1)). Kinds 0/1 are the "water"/"land" analogues of the correlated
 # two-class regime; the "ood" regime trains on the first kinds and tests on the last ones.
@@ -217,8 +229,9 @@ def _texture(kind_texture: str, n: int, size: int, rng: np.random.Generator, xx,
 
 
 def _render_chunk(labels: np.ndarray, kinds: np.ndarray, cfg: Dict[str, Any],
-                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """Render ``len(labels)`` images. Returns (uint8 [N, S, S, 3], uint8 [N, S, S] in {0, 1})."""
+                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Render ``len(labels)`` images. Returns (uint8 [N, S, S, 3], uint8 [N, S, S] in {0, 1}, keypoints float32
+    [N, 5, 3] as ``[x, y, visible]``, boxes float32 [N, 4] as ``[x, y, width, height]``)."""
     n = len(labels)
     size = cfg["image_size"]
     num_classes = cfg["num_classes"]
@@ -285,7 +298,27 @@ def _render_chunk(labels: np.ndarray, kinds: np.ndarray, cfg: Dict[str, Any],
     if cfg["noise_std"] > 0:
         img = img + np.float32(cfg["noise_std"]) * rng.standard_normal(img.shape, dtype=np.float32)
     img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return img, mask.astype(np.uint8)
+    return img, mask.astype(np.uint8), _landmarks(cx, cy, a, b, rot, size), _boxes(mask)
+
+
+def _landmarks(cx, cy, a, b, rot, size: int) -> np.ndarray:
+    """[N, 5, 3] ``[x, y, visible]``: centre, then the ends of the major (``a``) and minor (``b``) axes."""
+    major = np.stack([np.cos(rot), np.sin(rot)], axis=-1) * a[:, None]  # the u axis of `_rotated`
+    minor = np.stack([-np.sin(rot), np.cos(rot)], axis=-1) * b[:, None]  # the v axis
+    centre = np.stack([cx, cy], axis=-1)
+    points = np.stack([centre, centre + major, centre - major, centre + minor, centre - minor], axis=1)
+    visible = ((points >= 0) & (points < size)).all(axis=-1, keepdims=True)
+    return np.concatenate([points, visible], axis=-1).astype(np.float32)
+
+
+def _boxes(mask: np.ndarray) -> np.ndarray:
+    """[N, 4] tight ``[x, y, width, height]`` of each mask's foreground pixels (zeros for an empty mask)."""
+    boxes = np.zeros((len(mask), 4), dtype=np.float32)
+    for i, m in enumerate(mask):
+        rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+        if len(rows):
+            boxes[i] = (cols[0], rows[0], cols[-1] + 1 - cols[0], rows[-1] + 1 - rows[0])
+    return boxes
 
 
 def _png(arr: np.ndarray) -> Dict[str, Any]:
@@ -415,6 +448,8 @@ def make_synthetic_benchmark(
         "background": ClassLabel(names=kind_names),
         "group": ClassLabel(names=[f"{c}/{k}" for c in class_names for k in kind_names]),
         "mask": Image(mode="L"),
+        "keypoints": datasets.List(datasets.List(datasets.Value("float32"), length=3), length=len(KEYPOINT_NAMES)),
+        "bbox": datasets.List(datasets.Value("float32"), length=4),
     })
 
     seeds = np.random.SeedSequence(seed).spawn(3)
@@ -435,11 +470,14 @@ def make_synthetic_benchmark(
                 labels, bgs = _balanced(n, num_classes, train_kinds, assign_rng)
             else:
                 labels, bgs = _balanced(n, num_classes, test_kinds, assign_rng)
-        images, masks = [], []
+        images, masks, keypoints, boxes = [], [], [], []
         for start in range(0, n, _CHUNK):
-            img, msk = _render_chunk(labels[start:start + _CHUNK], bgs[start:start + _CHUNK], cfg, render_rng)
+            img, msk, kps, box = _render_chunk(labels[start:start + _CHUNK], bgs[start:start + _CHUNK], cfg,
+                                               render_rng)
             images += [_png(a) for a in img]
             masks += [_png(m) for m in msk]
+            keypoints += kps.tolist()
+            boxes += box.tolist()
         ds = Dataset.from_dict(
             {
                 "image": images,
@@ -447,6 +485,8 @@ def make_synthetic_benchmark(
                 "background": bgs.tolist(),
                 "group": (labels * num_kinds + bgs).tolist(),
                 "mask": masks,
+                "keypoints": keypoints,
+                "bbox": boxes,
             },
             features=features,
             split=split,

@@ -1,4 +1,5 @@
-"""Calibration of the token-removal intervention (paper, section 3.4) and the per-part statistics published with a model.
+"""Calibration of the token-removal intervention (paper, section 3.4) and the per-part statistics published with a
+model.
 
 For every foreground part k, the squared distance to prototype k of the tokens assigned to k over a data split (the
 training set by default); tau_k^q is its q-th percentile. At inference, tokens of part k farther than tau_k^q from the
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from modeling_ifam import IFAMForImageClassification, write_remote_code
+from modeling_ifam import IFAMForImageClassification
 
 STATISTICS_FILE = "part_statistics.json"
 
@@ -20,9 +21,21 @@ def collect_part_distances(
     model: IFAMForImageClassification, batches, max_tokens_per_part: int = 2_000_000, seed: int = 0
 ) -> tuple[list[torch.Tensor], torch.Tensor, int]:
     """
-    Run stage 1 over `batches` (dicts with `pixel_values`). Returns, per foreground part, the distances of the tokens
-    assigned to it (a uniform random subsample when more than `max_tokens_per_part`), how many images contain each
-    part, and the number of images.
+    Run stage 1 over a split and collect, per foreground part, the distances of the tokens assigned to it.
+
+    Args:
+        model (`IFAMForImageClassification`):
+            The trained model.
+        batches (iterable of `dict`):
+            Batches with `pixel_values`.
+        max_tokens_per_part (`int`, *optional*, defaults to 2,000,000):
+            Above this many tokens, a part keeps a uniform random subsample.
+        seed (`int`, *optional*, defaults to 0):
+            The subsample's seed.
+
+    Returns:
+        `tuple`: the distances per part (`list[torch.Tensor]`), how many images contain each part (`torch.Tensor`),
+        and the number of images.
     """
     model.eval()
     num_parts = model.config.num_parts
@@ -59,10 +72,22 @@ def calibrate_token_removal(
     max_tokens_per_part: int = 2_000_000,
 ) -> dict:
     """
-    Fill `model.config.part_distance_thresholds` with tau_k^q for every q in `percentiles`, and return the per-part
-    statistics (token counts, mean and percentiles of the distances, how often each part is present).
-    A part that no token of the split was assigned to gets an infinite threshold (nothing to remove) and a warning
-    entry in the statistics.
+    Fill `model.config.part_distance_thresholds` with tau_k^q for every q in `percentiles`. A part that no token of the
+    split was assigned to gets an infinite threshold (nothing to remove) and a warning entry in the statistics.
+
+    Args:
+        model (`IFAMForImageClassification`):
+            The trained model; its config is updated in place.
+        batches (iterable of `dict`):
+            Batches with `pixel_values` (the training split, as in the paper).
+        percentiles (`tuple[float, ...]`, *optional*, defaults to `(97.0, 99.0)`):
+            The percentiles q in (0, 100].
+        max_tokens_per_part (`int`, *optional*, defaults to 2,000,000):
+            Above this many tokens, a part's percentiles come from a uniform random subsample.
+
+    Returns:
+        `dict`: the per-part statistics (token counts, mean and percentiles of the distances, how often each part is
+        present), as written to `part_statistics.json`.
     """
     for q in percentiles:
         if not 0 < q <= 100:
@@ -104,18 +129,16 @@ def _key(percentile: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Calibrate a trained model folder in place: thresholds into config.json, statistics into part_statistics.json."""
-    import argparse
+    from ifam_interventions.cli import build_parser, load_model, split_dataloader
 
-    from ifam_interventions.cli import add_model_and_data_arguments, load_model, split_dataloader
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    add_model_and_data_arguments(parser, default_split="train")
-    parser.add_argument("--percentiles", type=float, nargs="+", default=[97.0, 99.0])
-    args = parser.parse_args(argv)
+    parser = build_parser(main.__doc__, default_split="train")
+    parser.add_argument("--calibration_percentiles", "--calibration-percentiles", "--percentiles", type=float,
+                        nargs="+", default=[97.0, 99.0])
+    data_args, args = parser.parse_args_into_dataclasses(argv)
     model = load_model(args.model_name_or_path)
-    statistics = calibrate_token_removal(model, split_dataloader(args, model), tuple(args.percentiles))
-    model.config.save_pretrained(args.model_name_or_path)
-    write_remote_code(args.model_name_or_path)  # keeps config.json's auto_map
+    statistics = calibrate_token_removal(model, split_dataloader(data_args, args, model),
+                                         tuple(args.calibration_percentiles))
+    model.config.save_pretrained(args.model_name_or_path)  # with its `auto_map` and configuration code
     path = save_statistics(statistics, args.model_name_or_path)
     print(json.dumps(model.config.part_distance_thresholds, indent=2))
     print("written:", Path(args.model_name_or_path) / "config.json", path)

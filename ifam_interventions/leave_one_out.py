@@ -4,13 +4,13 @@ token-removal thresholds on top; the table is written as JSON and Markdown.
     python -m ifam_interventions.leave_one_out --model_name_or_path outputs/synthetic --split test
 """
 
-import argparse
-import json
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from ifam_train.evaluation import compute_metrics, predict
+from ifam_train.reporting import markdown_table as _markdown_table
+from ifam_train.reporting import write_report
 from modeling_ifam import IFAMForImageClassification
 
 TABLE_FILE = "leave_one_out"
@@ -25,15 +25,27 @@ def leave_one_out(
     worst_group_auc: bool = False,
 ) -> list[dict]:
     """
-    One row per intervention: none, each part dropped alone, and each of those with token removal at every calibrated
-    percentile in `percentiles`. Rows carry `parts_dropped`, `percentile` (None: no token removal) and the metrics.
+    Evaluate a split under every intervention: none, each part dropped alone, and each of those with token removal.
+
+    Args:
+        model (`IFAMForImageClassification`):
+            The trained model.
+        dataloader (`DataLoader`):
+            The split, prepared by `accelerator`.
+        accelerator (`Accelerator`):
+            Gathers the predictions across processes.
+        percentiles (`tuple[float, ...]`, *optional*, defaults to `()`):
+            Calibrated token-removal percentiles to add on top of every row.
+        worst_group_auc (`bool`, *optional*, defaults to `False`):
+            Also compute the worst-group ROC AUC (SIIM-ACR).
+
+    Returns:
+        `list[dict]`: one row per intervention with `parts_dropped`, `percentile` (`None`: no token removal) and the
+        scalar metrics.
     """
     missing = [q for q in percentiles if model.config.thresholds_for(q) is None]
     if missing:
-        raise ValueError(
-            f"No token-removal thresholds for percentiles {missing}; calibrate first "
-            f"(python -m ifam_interventions.calibration). Calibrated: {sorted(model.config.part_distance_thresholds)}."
-        )
+        raise model.config.missing_thresholds_error(missing)
     rows = []
     for parts in [[]] + [[part] for part in range(model.config.num_parts)]:
         for percentile in (None, *percentiles):
@@ -54,38 +66,30 @@ def markdown_table(rows: list[dict]) -> str:
     """Metrics in percent; the difference to the row without intervention in parentheses."""
     columns = [c for c in COLUMNS if c in rows[0]]
     base = rows[0]
-    lines = ["| intervention | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [f"{100 * row[c]:.1f}" + ("" if row is base else f" ({100 * (row[c] - base[c]):+.1f})")
-                 for c in columns]
-        lines.append(f"| {row_label(row)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [[row_label(row)] + [f"{100 * row[c]:.1f}" + ("" if row is base else f" ({100 * (row[c] - base[c]):+.1f})")
+                                 for c in columns] for row in rows]
+    return _markdown_table(["intervention", *columns], cells) + "\n"
 
 
 def write_table(rows: list[dict], folder: str | Path) -> tuple[Path, Path]:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = folder / f"{TABLE_FILE}.json", folder / f"{TABLE_FILE}.md"
-    json_path.write_text(json.dumps(rows, indent=2) + "\n")
-    markdown_path.write_text(markdown_table(rows))
-    return json_path, markdown_path
+    return write_report(rows, markdown_table(rows), folder, TABLE_FILE)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from ifam_interventions.cli import add_model_and_data_arguments, load_model, split_dataloader
+    """The command line: the table of a model folder on a split, written beside the model (or to `--output_dir`)."""
+    from ifam_interventions.cli import build_parser, load_model, split_dataloader
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_and_data_arguments(parser)
+    parser = build_parser(__doc__)
     parser.add_argument("--percentiles", type=float, nargs="*", default=None,
                         help="Token-removal percentiles to add on top (default: every calibrated one).")
-    parser.add_argument("--output_dir", type=str, default=None, help="Default: the model folder.")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output_dir", "--output-dir", type=str, default=None, help="Default: the model folder.")
+    data_args, args = parser.parse_args_into_dataclasses(argv)
     model = load_model(args.model_name_or_path)
     percentiles = args.percentiles if args.percentiles is not None else sorted(
         float(q) for q in model.config.part_distance_thresholds)
     accelerator = Accelerator()
-    loader = accelerator.prepare(split_dataloader(args, model))
-    rows = leave_one_out(model, loader, accelerator, percentiles, worst_group_auc=args.dataset_name == "siim_acr")
+    loader = accelerator.prepare(split_dataloader(data_args, args, model))
+    rows = leave_one_out(model, loader, accelerator, percentiles, worst_group_auc=data_args.dataset_name == "siim_acr")
     if accelerator.is_main_process:
         paths = write_table(rows, args.output_dir or args.model_name_or_path)
         print(markdown_table(rows))

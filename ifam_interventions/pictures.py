@@ -6,7 +6,6 @@ writes `parts.png` (per image: the image, the part assignment in one colour per 
 mask and prediction under each intervention) and, when `leave_one_out.json` exists, `leave_one_out.png`.
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -16,9 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
-from modeling_ifam import IFAMForImageClassification  # noqa: E402
+from modeling_ifam import IFAMForImageClassification, IFAMImageProcessorPil  # noqa: E402
 
 
 def part_colours(num_parts: int) -> np.ndarray:
@@ -33,46 +32,59 @@ def _denormalize(pixel_values: torch.Tensor, mean, std) -> np.ndarray:
     return image.clip(0, 1)
 
 
-def _upsample(grid: torch.Tensor, size) -> np.ndarray:
-    """[h, w] (integer or bool) patch grid -> [H, W] nearest-neighbour."""
-    return F.interpolate(grid[None, None].float(), size=size, mode="nearest")[0, 0].numpy()
-
-
 @torch.no_grad()
 def part_grid(
     model: IFAMForImageClassification,
     pixel_values: torch.Tensor,
     path: str | Path,
     interventions: dict[str, dict] | None = None,
-    image_mean=(0.485, 0.456, 0.406),
-    image_std=(0.229, 0.224, 0.225),
+    image_mean=IMAGENET_DEFAULT_MEAN,
+    image_std=IMAGENET_DEFAULT_STD,
     labels: torch.Tensor | None = None,
 ) -> Path:
     """
     Write a PNG grid for a batch: one row per image; columns: image, part assignment, stage-2 mask, then one mask per
-    intervention (`name -> forward kwargs`, e.g. `{"drop part 1": {"parts_to_drop": [1]}}`), each titled with the
-    prediction and its probability.
+    intervention, each titled with the prediction and its probability.
+
+    Args:
+        model (`IFAMForImageClassification`):
+            The trained model.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            The normalised images.
+        path (`str` or `Path`):
+            The PNG to write.
+        interventions (`dict[str, dict]`, *optional*):
+            Column title -> `forward` keyword arguments, e.g. `{"drop part 1": {"parts_to_drop": [1]}}`.
+        image_mean, image_std (sequences of 3 `float`, *optional*, default to the ImageNet statistics):
+            The image processor's normalisation, undone for display.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Shown above each image.
+
+    Returns:
+        `Path`: the PNG written.
     """
     model.eval()
     interventions = {"iFAM": {}, **(interventions or {})}
     outputs = {name: model(pixel_values, **kwargs) for name, kwargs in interventions.items()}
-    base = outputs["iFAM"]
     num_parts = model.config.num_parts
     colours = part_colours(num_parts)
-    size = pixel_values.shape[-2:]
-    grid_shape = [side // model.config.patch_size for side in size]  # stage 2's grid (the token mask's)
+    # the pixel maps, by the image processor's geometry (the pixel values are the model's input: no resize or crop), on
+    # stage 2's grid (the token mask's) when stage 1 runs at its own `stage1_image_size`
+    geometry = IFAMImageProcessorPil(do_resize=False, do_center_crop=False)
+    sizes = [tuple(pixel_values.shape[-2:])] * len(pixel_values)
+    maps = {name: geometry.post_process_part_maps(output, target_sizes=sizes) for name, output in outputs.items()}
     columns = 2 + len(interventions)
     figure, axes = plt.subplots(len(pixel_values), columns, figsize=(2.2 * columns, 2.3 * len(pixel_values)),
                                 squeeze=False)
     for row, image in enumerate(pixel_values):
         picture = _denormalize(image, image_mean, image_std)
-        assignment = _upsample(base.part_maps[row].argmax(0), size).astype(int)
+        assignment = maps["iFAM"][row]["segmentation"].numpy()
         overlay = picture * 0.35 + colours[assignment] * 0.65
         overlay[assignment == num_parts] = picture[assignment == num_parts] * 0.35  # background dimmed
         title = "" if labels is None else f"label: {model.config.id2label[int(labels[row])]}"
         panels = [(picture, title), (overlay, "parts")]
         for name, output in outputs.items():
-            visible = _upsample(output.token_mask[row].view(grid_shape), size)[..., None]
+            visible = maps[name][row]["stage2_mask"].numpy()[..., None].astype(float)
             probability = output.logits[row].softmax(-1)
             predicted = int(probability.argmax())
             panels.append((picture * visible + 0.85 * (1 - visible),
@@ -114,18 +126,18 @@ def leave_one_out_chart(rows: list[dict], path: str | Path, metric: str = "worst
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    from ifam_interventions.cli import add_model_and_data_arguments, load_model, split_dataloader
+    """The command line: the pictures of a model folder on a split, written beside the model (or to `--output_dir`)."""
+    from ifam_interventions.cli import build_parser, load_model, split_dataloader
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_and_data_arguments(parser)
-    parser.add_argument("--num_images", type=int, default=8)
-    parser.add_argument("--output_dir", type=str, default=None, help="Default: the model folder.")
-    args = parser.parse_args(argv)
+    parser = build_parser(__doc__)
+    parser.add_argument("--num_images", "--num-images", type=int, default=8)
+    parser.add_argument("--output_dir", "--output-dir", type=str, default=None, help="Default: the model folder.")
+    data_args, args = parser.parse_args_into_dataclasses(argv)
     output_dir = Path(args.output_dir or args.model_name_or_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model_name_or_path)
     args.per_device_eval_batch_size = args.num_images
-    batch = next(iter(split_dataloader(args, model)))
+    batch = next(iter(split_dataloader(data_args, args, model)))
     interventions = {f"drop part {k}": {"parts_to_drop": [k]} for k in range(model.config.num_parts)}
     interventions.update({f"q={float(q):g}": {"token_removal_percentile": float(q)}
                           for q in sorted(model.config.part_distance_thresholds, key=float)})

@@ -18,6 +18,9 @@ Metrics (all values are fractions in [0, 1], never percentages):
 * ``bg_gap``          -> ``bg_gap``, ``per_variant_accuracy`` and ``<variant>_accuracy`` per variant
 * ``roc_auc``         -> ``roc_auc`` (+ ``worst_group_roc_auc``, ``per_group_roc_auc``, ``worst_group``)
 * ``foreground_miou`` -> ``foreground_miou``, ``background_miou``
+* ``part_nmi_ari``    -> ``nmi``, ``ari``, ``num_keypoints`` (part found at each visible keypoint vs its identity)
+* ``keypoint_regression`` -> ``keypoint_regression_error`` (Kp: part centroids -> keypoints by a linear regression,
+  mean L2 error in bounding-box-normalised coordinates), ``per_keypoint_error``, ``num_keypoints``
 
 Example::
 
@@ -42,6 +45,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "bg_gap",
     "roc_auc",
     "foreground_miou",
+    "part_nmi_ari",
+    "keypoint_regression",
 )
 
 #: Folder holding one sub-folder per metric module.
@@ -58,7 +63,7 @@ def metric_path(name: str) -> str:
     return path
 
 
-def load_metric(name: str, **kwargs: Any) -> "evaluate.EvaluationModule":
+def load_metric(name: str, **kwargs: Any) -> evaluate.EvaluationModule:
     """Load one of the project's metrics (see :data:`METRIC_NAMES`) fully offline.
 
     ``kwargs`` are forwarded to :func:`evaluate.load` (e.g. ``keep_in_memory=True``,

@@ -1,47 +1,90 @@
-"""Command-line options of train.py. Flag names follow transformers' `run_image_classification_no_trainer.py`."""
+"""Command-line options of `ifam-train`. Flag names follow transformers' `run_image_classification_no_trainer.py`."""
 
 import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
+from transformers import HfArgumentParser
 
-from configuration_ifam import IFAMConfig
+from modeling_ifam import IFAMConfig
 
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where the images come from (shared by train.py and the intervention commands)."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", type=str, default="synthetic",
-                      help="A built-in benchmark (synthetic, waterbirds, metashift, cub, imagenet9, siim_acr, imagenet) "
-                      "or a dataset id on the Hub.")
-    data.add_argument("--data_dir", type=str, default=None, help="Root of a benchmark's raw layout.")
-    data.add_argument("--train_dir", type=str, default=None, help="An imagefolder for training (with metadata file).")
-    data.add_argument("--validation_dir", type=str, default=None, help="An imagefolder for validation.")
-    data.add_argument("--image_column_name", type=str, default="image")
-    data.add_argument("--label_column_name", type=str, default="label")
-    data.add_argument("--group_column_name", type=str, default=None)
-    data.add_argument("--synthetic_regime", choices=["correlated", "ood"], default="correlated")
-    data.add_argument("--synthetic_num_train", type=int, default=3000)
-    data.add_argument("--max_train_samples", type=int, default=None)
-    data.add_argument("--max_eval_samples", type=int, default=None)
-    data.add_argument("--image_size", type=int, default=None,
-                      help="Input resolution (default: 56 from scratch, else the backbone's own).")
-    data.add_argument("--patch_size", type=int, default=7,
-                      help="Patch size of the from-scratch model; the synthetic benchmark draws its stripes to it.")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+from .guards import parse_verify_mode
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train iFAM with Accelerate. `python train.py` with no option trains a small model from scratch on "
-        "the built-in synthetic benchmark. Every option can also come from --config (YAML or JSON).",
+class VerifyMode(str):
+    """A `--verify_images` value, normalised: auto, header, full or off (true/yes/1 are header, false/no/none/0 off);
+    anything else is a usage error of the command line."""
+
+    def __new__(cls, value: str) -> "VerifyMode":
+        return super().__new__(cls, parse_verify_mode(value))
+
+
+@dataclass
+class DataArguments:
+    """
+    Where the images come from and how they are sized: the options of `load_training_data`, shared by `ifam-train`, the
+    intervention commands and the experiments (parsed with `HfArgumentParser`, which also accepts `--dataset-name`-style
+    spellings).
+    """
+
+    dataset_name: str = field(default="synthetic", metadata={
+        "help": "A built-in benchmark (synthetic, waterbirds, metashift, cub, imagenet9, siim_acr, imagenet) or a "
+        "dataset id on the Hub."})
+    data_dir: str | None = field(default=None, metadata={"help": "Root of a benchmark's raw layout."})
+    train_dir: str | None = field(default=None, metadata={
+        "help": "An imagefolder for training (with metadata file)."})
+    validation_dir: str | None = field(default=None, metadata={"help": "An imagefolder for validation."})
+    image_column_name: str = "image"
+    label_column_name: str = "label"
+    group_column_name: str | None = None
+    synthetic_regime: Literal["correlated", "ood"] = field(default="correlated", metadata={"aliases": ["--regime"]})
+    synthetic_num_train: int = field(default=3000, metadata={"aliases": ["--num_train"]})
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    image_size: int | None = field(default=None, metadata={
+        "help": "Input resolution (default: 56 from scratch, else the backbone's own)."})
+    patch_size: int = field(default=7, metadata={
+        "help": "Patch size of the from-scratch model; the synthetic benchmark draws its stripes to it."})
+    dataloader_num_workers: int = 0
+    dataloader_drop_last: bool = field(default=True, metadata={
+        "help": "Drop the last incomplete training batch of each epoch (off: --no_dataloader_drop_last or "
+        "--dataloader_drop_last false, to train on a split smaller than one global batch)."})
+    # bad data (issue 17): checked by ifam-train before the first step
+    verify_images: VerifyMode = field(default="auto", metadata={"nargs": "?", "const": "header", "help": (
+        "Check that every image decodes before training: header (fast: header, size and checksums), full (decode "
+        "every pixel) or off (also --no_verify_images; true/false are header/off); auto: header for local folders, "
+        "off for the Hub and the synthetic benchmark.")})
+    skip_bad_images: bool = field(default=False, metadata={
+        "help": "Train without the images that fail the check (their paths go to bad_images.txt in --output_dir) "
+        "instead of stopping."})
+    max_skipped_images: int = field(default=10, metadata={
+        "help": "Files that turn unreadable during training are skipped with a warning, up to this many."})
+
+    def __post_init__(self):
+        self.verify_images = parse_verify_mode(self.verify_images)  # a plain str, its true/false spellings resolved
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace) -> "DataArguments":
+        """The data options held by a parsed namespace (they are removed from it)."""
+        return cls(**{name: vars(namespace).pop(name) for name in cls.__dataclass_fields__})
+
+
+def build_parser() -> HfArgumentParser:
+    """The training command line: `DataArguments`, then the model, optimisation and run options."""
+    parser = HfArgumentParser(
+        DataArguments,
+        description="Train iFAM with Accelerate. `ifam-train` (or `python train.py`) with no option trains a small "
+        "model from scratch on the built-in synthetic benchmark. Every option can also come from --config (YAML or "
+        "JSON).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add = parser.add_argument
-    add("--config", type=str, default=None, help="YAML/JSON file of option values; command-line flags override it.")
-
-    add_data_arguments(parser)
+    parser.add_argument("--config", type=str, default=None,
+                        help="YAML/JSON file of option values; command-line flags override it.")
+    parser.add_argument("--no_verify_images", "--no-verify-images", dest="verify_images", action="store_const",
+                        const="off", help="Same as --verify_images off.")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", type=str, default=None,
@@ -65,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Freeze stage 1's backbone but for its CLS, register and position tokens (default: on "
                        "from a pretrained backbone, off from scratch).")
     model.add_argument("--freeze_stage2_backbone", action=argparse.BooleanOptionalAction, default=False)
-    for name, field in IFAMConfig.__dataclass_fields__.items():  # the config holds the recipe's defaults
+    for name, option in IFAMConfig.__dataclass_fields__.items():  # the config holds the recipe's defaults
         if name.endswith("_loss_weight"):
-            model.add_argument(f"--{name}", type=float, default=field.default)
+            model.add_argument(f"--{name}", type=float, default=option.default)
 
     optim = parser.add_argument_group("optimization (the paper's recipe)")
     optim.add_argument("--per_device_train_batch_size", type=int, default=32)
@@ -106,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, argparse.Namespace]:
+    """The data options and the other training options of a command line (and of its `--config` file)."""
     parser = build_parser()
     known, _ = parser.parse_known_args(argv)
     if known.config:
@@ -124,4 +168,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.checkpointing_steps != "epoch" and not args.checkpointing_steps.isdigit():
         parser.error(f"--checkpointing_steps must be 'epoch' or a number, got {args.checkpointing_steps!r}")
-    return args
+    return DataArguments.from_namespace(args), args

@@ -80,7 +80,8 @@ def compute_metrics(results: dict[str, np.ndarray], worst_group_auc: bool = Fals
         groups = load_metric("group_accuracy").compute(
             predictions=results["predictions"], references=references, groups=results["groups"]
         )
-        metrics.update({key: groups[key] for key in ("average_accuracy", "worst_group_accuracy", "mean_group_accuracy")})
+        keys = ("average_accuracy", "worst_group_accuracy", "mean_group_accuracy")
+        metrics.update({key: groups[key] for key in keys})
         metrics["per_group_accuracy"] = {str(k): v for k, v in groups["per_group_accuracy"].items()}
     if results["scores"].shape[1] == 2 and len(np.unique(references)) == 2:
         auc = load_metric("roc_auc").compute(

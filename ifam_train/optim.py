@@ -9,10 +9,20 @@ from modeling_ifam import IFAMForImageClassification
 TOKEN_NAMES = ("cls_token", "register_tokens", "position_embeddings")
 
 
-def set_trainable(model: IFAMForImageClassification, freeze_stage1_backbone: bool, freeze_stage2_backbone: bool) -> None:
+def set_trainable(
+    model: IFAMForImageClassification, freeze_stage1_backbone: bool, freeze_stage2_backbone: bool
+) -> None:
     """
-    Stage 1's backbone is frozen but for its CLS, register and position tokens (PDiscoFormer); stage 2 is fully
-    fine-tuned. DINOv2's mask token is never used by iFAM and never trains (it would stall DDP as an unused weight).
+    Set which backbone weights train. DINOv2's mask token is never used by iFAM and never trains (it would stall DDP as
+    an unused weight).
+
+    Args:
+        model (`IFAMForImageClassification`):
+            The model, changed in place.
+        freeze_stage1_backbone (`bool`):
+            Freeze stage 1's backbone but for its CLS, register and position tokens (PDiscoFormer, the paper's recipe).
+        freeze_stage2_backbone (`bool`):
+            Freeze stage 2's backbone the same way (the recipe fine-tunes it fully).
     """
     for stage, frozen in ((model.stage1, freeze_stage1_backbone), (model.stage2, freeze_stage2_backbone)):
         for name, parameter in stage.backbone.named_parameters():
@@ -35,10 +45,28 @@ def parameter_groups(
     reference_batch_size: int = 16,
 ) -> list[dict]:
     """
-    AdamW groups: backbone tokens and layers at `backbone_lr`, the part prototypes at `prototype_lr`, modulation and
-    classifier heads of both stages at `head_lr`; every rate scaled by sqrt(effective batch / reference batch).
-    No weight decay on biases, norms and tokens. Works for a plain `Dinov2ForImageClassification` too (backbone and
-    classifier).
+    The AdamW parameter groups of the paper's recipe; every rate is scaled by sqrt(effective batch / reference batch),
+    and biases, norms, tokens and prototypes get no weight decay. Works for a plain `Dinov2ForImageClassification` too
+    (backbone and classifier).
+
+    Args:
+        model (`torch.nn.Module`):
+            iFAM or a DINOv2 classifier; only parameters that require gradients are grouped.
+        backbone_lr (`float`):
+            Backbone tokens and layers.
+        prototype_lr (`float`):
+            The part prototypes.
+        head_lr (`float`):
+            The modulation and classifier heads of both stages.
+        weight_decay (`float`):
+            For the weight matrices.
+        effective_batch_size (`int`):
+            Per-device batch x processes x accumulation steps.
+        reference_batch_size (`int`, *optional*, defaults to 16):
+            The batch size the rates are given at.
+
+    Returns:
+        `list[dict]`: groups with `params`, `lr`, `weight_decay` and `name` (`backbone`, `prototypes`, `heads`).
     """
     scale = math.sqrt(effective_batch_size / reference_batch_size)
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}

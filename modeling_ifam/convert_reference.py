@@ -29,10 +29,18 @@ a class-token row (`no_embed_class`, e.g. `vit_*_reg4_dinov2`, whose `cls_token`
 a zero class position; a `pos_embed` that also covers the register tokens has those rows folded into
 `register_tokens` (transformers adds no position to registers).
 
-Command line::
+Every size is read from the tensors (`infer_reference_config`): K from the prototypes, the classes from the heads, the
+registers, width, depth, patch size and MLP from the backbone, the image size from the position table (1369 patches
+of 14 px: 518 px; 256: 224 px); the heads are width / 64 as in every DINOv2, unless a base config says otherwise. A
+folder or Hub repository as the authors publish it (`model.safetensors`, plus a `PyTorchModelHubMixin` `config.json`
+for PDiscoFormer) converts with its name alone::
 
-    python -m modeling_ifam.convert_reference CHECKPOINT --output-dir DIR --num-parts K --num-labels C \
-        [--num-register-tokens 4] [--base-config facebook/dinov2-base | FOLDER | config.json] [--image-size 518]
+    python -m modeling_ifam.convert_reference ananthu-aniraj/ifam-cub-k8 --output_dir converted \
+        [--id2label classes.json] [--num_parts 8 --num_labels 200 --num_register_tokens 4 --image_size 518] \
+        [--base_config facebook/dinov2-base]
+
+or `IFAMForImageClassification.from_reference(path_or_repo_id)`. The bracketed values are checks; the output folder
+holds the weights, the config, DINOv2's image processor and the remote code, like a folder written by `train.py`.
 
 This module is not part of the Hub remote code.
 """
@@ -49,8 +57,8 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
-from configuration_ifam import IFAMConfig
-
+from .configuration_ifam import IFAMConfig
+from .image_processing_ifam import dinov2_image_processor
 from .modeling_ifam import IFAMForImageClassification
 
 
@@ -474,110 +482,419 @@ def load_reference_checkpoint(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# command line
+# what the tensors determine
+
+
+# The backbone options that the tensors fix: a base config that disagrees with them describes another backbone.
+STRUCTURAL_FIELDS = ("hidden_size", "num_hidden_layers", "patch_size", "num_channels", "use_swiglu_ffn", "mlp_ratio",
+                     "qkv_bias")
+DINOV2_HEAD_SIZE = 64  # every DINOv2 (ViT-S/B/L/g, with or without registers, RAD-DINO) uses 64-dimensional heads
+
+
+def _stages(raw: Mapping[str, torch.Tensor], source: str) -> tuple[dict, dict]:
+    """`{key: tensor}` of stage 1 and stage 2 (prefixes and wrappers stripped); stage 2 is empty for PDiscoFormer."""
+    entries = {_strip_wrappers(key): value for key, value in raw.items()}
+    if source.startswith("pdiscoformer"):
+        return entries, {}
+    stage1 = {key[len("stage_1."):]: value for key, value in entries.items() if key.startswith("stage_1.")}
+    stage2 = {key[len("stage_2."):]: value for key, value in entries.items() if key.startswith("stage_2.")}
+    return stage1, stage2
+
+
+def _square_side(length: int) -> int | None:
+    side = int(round(length**0.5))
+    return side if side > 0 and side * side == length else None
+
+
+def _swiglu_mlp_ratio(hidden_size: int, swiglu_hidden: int) -> int | None:
+    """The integer `mlp_ratio` for which transformers' `Dinov2SwiGLUFFN` has `swiglu_hidden` hidden features."""
+    for ratio in (4, *range(1, 17)):
+        if (int(int(hidden_size * ratio) * 2 / 3) + 7) // 8 * 8 == swiglu_hidden:
+            return ratio
+    return None
+
+
+def infer_reference_config(state_dict, source: str = "auto") -> dict:
+    """
+    Everything that the tensors of a reference checkpoint determine, as `IFAMConfig` arguments: `num_parts` (K, from
+    the K + 1 prototypes of `fc_landmarks`), `num_labels` (from the class heads), `hidden_size`, `num_hidden_layers`,
+    `num_register_tokens`, `patch_size` and `num_channels` (from the patch-embedding kernel), `image_size` (from the
+    position table: its patch rows form a square grid, e.g. 1369 = 37^2 patches of 14 px is 518 px, 256 = 16^2 is 224
+    px), `use_swiglu_ffn`, `mlp_ratio` and `qkv_bias`. The number of attention heads is not in the tensors.
+    Raises `ValueError` naming the missing or inconsistent tensors.
+    """
+    raw = unwrap_checkpoint(state_dict)
+    if source == "auto":
+        source = detect_source(raw)
+    kind, layout = source.split("_")
+    stage1, stage2 = _stages(raw, source)
+
+    def need(entries: dict, key: str, what: str, where: str = "stage_1." if kind == "ifam" else "") -> torch.Tensor:
+        if key not in entries:
+            raise ValueError(f"Cannot infer {what}: the {source!r} checkpoint has no `{where}{key}`.")
+        return entries[key]
+
+    prototypes = need(stage1, "fc_landmarks.weight", "the number of parts")
+    if prototypes.ndim != 4 or prototypes.shape[0] < 2:
+        raise ValueError(f"`fc_landmarks.weight` should be a (K + 1, D, 1, 1) 1x1 convolution, "
+                         f"got {tuple(prototypes.shape)}.")
+    classifier = need(stage1, "fc_class_landmarks.weight", "the number of classes")
+    inferred = {"num_parts": prototypes.shape[0] - 1, "num_labels": classifier.shape[0],
+                "hidden_size": prototypes.shape[1]}
+    if kind == "ifam":
+        head = need(stage2, "head.weight", "the number of classes", "stage_2.")
+        if head.shape[0] != classifier.shape[0]:
+            raise ValueError(f"The stage-1 classifier has {classifier.shape[0]} classes but the stage-2 head "
+                             f"`stage_2.head.weight` has {head.shape[0]}.")
+
+    if layout == "timm":
+        patch = need(stage1, "patch_embed.proj.weight", "the patch size")
+        block = re.compile(r"blocks\.(\d+)\.")
+        first, fc1, fc2 = "blocks.0.", "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight"
+        registers = stage1["reg_token"].shape[1] if "reg_token" in stage1 else 0
+        position = need(stage1, "pos_embed", "the image size")
+        rows = position.shape[1]
+        # no_embed_class (patch rows only), a class row, or class + register rows
+        grid = _square_side(rows) or _square_side(rows - 1) or (registers and _square_side(rows - 1 - registers))
+        qkv_bias = f"{first}attn.qkv.bias" in stage1
+        swiglu = fc1 in stage1 and fc2 in stage1 and stage1[fc1].shape[0] == 2 * stage1[fc2].shape[1]
+        mlp_hidden = stage1[fc2].shape[1] if fc2 in stage1 else None
+    else:
+        patch = need(stage1, "embeddings.patch_embeddings.projection.weight", "the patch size")
+        block = re.compile(r"encoder\.layer\.(\d+)\.")
+        first = "encoder.layer.0."
+        registers = stage1["embeddings.register_tokens"].shape[1] if "embeddings.register_tokens" in stage1 else 0
+        position = need(stage1, "embeddings.position_embeddings", "the image size")
+        rows = position.shape[1]
+        grid = _square_side(rows - 1)
+        qkv_bias = any(f"{first}attention.{name}.bias" in stage1 for name in ("attention.query", "q_proj"))
+        swiglu = any(f"{first}mlp.{name}.weight" in stage1 for name in ("weights_in", "gate_proj"))
+        out = next((f"{first}mlp.{name}.weight" for name in ("weights_out", "down_proj", "fc2")
+                    if f"{first}mlp.{name}.weight" in stage1), None)
+        mlp_hidden = stage1[out].shape[1] if out else None
+    if not grid:
+        raise ValueError(f"The position table has {rows} rows, which is no square grid of patches (with or without a "
+                         f"class row and {registers} register rows): cannot infer the image size.")
+    if patch.ndim != 4 or patch.shape[-1] != patch.shape[-2]:
+        raise ValueError(f"The patch embedding should be a square (D, C, p, p) kernel, got {tuple(patch.shape)}.")
+    layers = {int(match.group(1)) for key in stage1 if (match := block.match(key))}
+    if not layers:
+        raise ValueError("Cannot infer the depth: no transformer blocks in the checkpoint.")
+    if mlp_hidden is None:
+        raise ValueError(f"Cannot infer the MLP width: no `{first}mlp.` weights in the checkpoint.")
+    hidden = inferred["hidden_size"]
+    if swiglu:
+        mlp_ratio = _swiglu_mlp_ratio(hidden, mlp_hidden)
+    else:
+        mlp_ratio = mlp_hidden // hidden if mlp_hidden % hidden == 0 else None
+    if mlp_ratio is None:
+        raise ValueError(f"An MLP of {mlp_hidden} hidden features ({'SwiGLU' if swiglu else 'GELU'}) on width {hidden} "
+                         "matches no integer `mlp_ratio` of transformers' DINOv2.")
+    inferred.update(
+        num_hidden_layers=max(layers) + 1,
+        num_register_tokens=registers,
+        patch_size=patch.shape[-1],
+        num_channels=patch.shape[1],
+        image_size=grid * patch.shape[-1],
+        use_swiglu_ffn=swiglu,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=qkv_bias,
+    )
+    return inferred
+
+
+# Arguments of the reference constructors that `PyTorchModelHubMixin` writes to `config.json` -> IFAMConfig
+REFERENCE_CONFIG_OPTIONS = {
+    "gumbel_softmax": "gumbel_softmax",
+    "gumbel_softmax_temperature": "softmax_temperature",
+    "softmax_temperature": "softmax_temperature",
+    "part_dropout": "part_dropout",
+    "part_dropout_stage_2": "part_dropout_stage2",
+    "use_soft_masks": "use_soft_masks",
+}
+
+
+def _reference_config_options(reference_config: Mapping, inferred: Mapping) -> dict:
+    """
+    Check a reference `config.json` (`PyTorchModelHubMixin`: the constructor's JSON-able arguments) against the
+    tensors and return the training options it carries; refuse the variants that iFAM does not implement.
+    """
+    problems = []
+    for name, value in (("num_landmarks", inferred["num_parts"]), ("num_classes", inferred["num_labels"])):
+        if name in reference_config and reference_config[name] != value:
+            problems.append(f"config.json says {name}={reference_config[name]} but the tensors hold {value}")
+    for name, supported in (("modulation_type", "layer_norm"), ("classifier_type", "linear")):
+        if reference_config.get(name, supported) != supported:
+            problems.append(f"{name}={reference_config[name]!r} is not supported (iFAM and PDiscoFormer use "
+                            f"{supported!r})")
+    if problems:
+        raise ValueError("The reference config.json does not fit: " + "; ".join(problems) + ".")
+    return {ours: reference_config[theirs] for theirs, ours in REFERENCE_CONFIG_OPTIONS.items()
+            if theirs in reference_config}
+
+
+def _read_base_config(base_config) -> dict:
+    if isinstance(base_config, Mapping):
+        return dict(base_config)
+    if hasattr(base_config, "to_dict"):
+        return base_config.to_dict()
+    base_path = Path(base_config)
+    if base_path.is_file():
+        return json.loads(base_path.read_text())
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(base_config)).to_dict()
 
 
 def build_config(
-    num_parts: int,
+    inferred: Mapping,
+    base_config=None,
+    num_parts: int | None = None,
     num_labels: int | None = None,
-    base_config: str | os.PathLike = "facebook/dinov2-base",
     num_register_tokens: int | None = None,
     image_size: int | None = None,
-    id2label: dict | None = None,
+    num_attention_heads: int | None = None,
+    id2label=None,
+    reference_config: Mapping | None = None,
     **overrides,
 ) -> IFAMConfig:
     """
-    An `IFAMConfig` whose backbone options (size, patch size, SwiGLU, ...) come from `base_config`: a DINOv2 (or
-    DINOv2-with-registers, or iFAM) config given as a Hub id, a local folder or a `config.json` file.
-    """
-    base_path = Path(base_config)
-    if base_path.is_file():
-        base = json.loads(base_path.read_text())
-    else:
-        from transformers import AutoConfig
+    The `IFAMConfig` of a reference checkpoint: the tensors' values (`inferred`, from `infer_reference_config`), the
+    options of `base_config` (a DINOv2 config as a Hub id, folder, `config.json`, dict or config object: heads,
+    activation, ...; optional), the training options of the reference `config.json` and `overrides`.
 
-        base = AutoConfig.from_pretrained(str(base_config)).to_dict()
-    inherited_fields = set(IFAMConfig.__dataclass_fields__) - {
-        "model_type", "transformers_version", "architectures", "id2label", "label2id", "auto_map", "dtype",
-        "_out_features", "_out_indices",
-    }
-    kwargs = {name: value for name, value in base.items() if name in inherited_fields}
-    kwargs.setdefault("num_register_tokens", 0)
-    if num_register_tokens is not None:
-        kwargs["num_register_tokens"] = num_register_tokens
-    if image_size is not None:
-        kwargs["image_size"] = image_size
-    kwargs["num_parts"] = num_parts
+    `num_parts`, `num_labels`, `num_register_tokens` and `image_size` are checks: a value that differs from the
+    tensors' raises `ValueError`. The number of heads is `num_attention_heads`, else the base config's, else
+    `hidden_size / 64` (DINOv2's head size).
+    """
+    checks = {"num_parts": num_parts, "num_labels": num_labels, "num_register_tokens": num_register_tokens,
+              "image_size": image_size}
     if id2label is not None:
-        kwargs["id2label"] = {int(key): value for key, value in id2label.items()}
-    elif num_labels is not None:
-        kwargs["num_labels"] = num_labels
+        id2label = normalize_id2label(id2label)
+        checks["num_labels (from id2label)"] = len(id2label)
+    mismatches = [f"{name}={value} given, but the checkpoint's tensors give {inferred[name.split(' ')[0]]}"
+                  for name, value in checks.items() if value is not None and value != inferred[name.split(" ")[0]]]
+    if mismatches:
+        raise ValueError("The checkpoint does not match the values given: " + "; ".join(mismatches) + ".")
+
+    kwargs = {}
+    if base_config is not None:
+        base = _read_base_config(base_config)
+        kwargs = IFAMConfig.dinov2_options(base)
+        conflicts = [f"{name}: base config {kwargs[name]!r}, checkpoint {inferred[name]!r}"
+                     for name in STRUCTURAL_FIELDS if name in kwargs and kwargs[name] != inferred[name]]
+        if conflicts:
+            raise ValueError(f"The base config {base_config!r} describes another backbone than the checkpoint's: "
+                             + "; ".join(conflicts) + ".")
+    kwargs.update({name: value for name, value in inferred.items() if name != "num_labels"})
+    if reference_config:
+        kwargs.update(_reference_config_options(reference_config, inferred))
+    if num_attention_heads is not None:
+        kwargs["num_attention_heads"] = num_attention_heads
+    elif base_config is None:
+        if inferred["hidden_size"] % DINOV2_HEAD_SIZE:
+            raise ValueError(f"Width {inferred['hidden_size']} is not a multiple of DINOv2's head size "
+                             f"{DINOV2_HEAD_SIZE}: give the number of heads (num_attention_heads=) or a base config.")
+        kwargs["num_attention_heads"] = inferred["hidden_size"] // DINOV2_HEAD_SIZE
+    if id2label is not None:
+        kwargs["id2label"] = id2label
+    else:
+        kwargs["num_labels"] = inferred["num_labels"]
     kwargs.update(overrides)
     return IFAMConfig(**kwargs)
+
+
+def normalize_id2label(labels) -> dict[int, str]:
+    """Class names as `{index: name}` from a list, a mapping (JSON keys are strings) or a `datasets.ClassLabel`."""
+    if hasattr(labels, "names"):
+        labels = labels.names
+    if isinstance(labels, Mapping):
+        id2label = {int(key): str(value) for key, value in labels.items()}
+    else:
+        id2label = dict(enumerate(str(name) for name in labels))
+    if sorted(id2label) != list(range(len(id2label))):
+        raise ValueError(f"Class indices must be 0..{len(id2label) - 1}, got {sorted(id2label)[:10]}...")
+    return id2label
+
+
+def load_id2label(path: str | os.PathLike) -> dict[int, str]:
+    """
+    Class names from a JSON file (a list of names or an `{index: name}` mapping) or from a dataset saved with
+    `datasets`' `save_to_disk` whose `label` column is a `ClassLabel` (the first split of a `DatasetDict`).
+    """
+    path = Path(path)
+    if path.is_file():
+        return normalize_id2label(json.loads(path.read_text()))
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(str(path))
+        if hasattr(dataset, "keys"):  # DatasetDict
+            dataset = dataset[next(iter(dataset.keys()))]
+        label = dataset.features.get("label")
+        if not hasattr(label, "names"):
+            raise ValueError(f"The dataset at {path} has no `label` ClassLabel column to take class names from.")
+        return normalize_id2label(label)
+    raise FileNotFoundError(f"No id2label JSON file or saved dataset at {path}.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# folders and Hub repositories
+
+
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def resolve_reference(
+    path_or_repo_id: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> tuple[Path, dict | None]:
+    """
+    The checkpoint file and the `config.json` (or `None`) of a reference model given as a file, a folder (as the
+    authors publish: `model.safetensors`, with `config.json` for PDiscoFormer) or a Hub repository id, which is
+    downloaded with `huggingface_hub.snapshot_download` (weights and JSON files only).
+    """
+    path = Path(path_or_repo_id)
+    if not path.exists():
+        if not _REPO_ID.match(str(path_or_repo_id)):
+            raise FileNotFoundError(f"{str(path_or_repo_id)!r} is neither a file, a folder nor a Hub repository id.")
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(
+            str(path_or_repo_id), revision=revision, cache_dir=cache_dir, token=token,
+            local_files_only=local_files_only, allow_patterns=["*.json", *(f"*{s}" for s in WEIGHT_SUFFIXES)],
+        ))
+    if path.is_file():
+        return path, None
+    config_path = path / "config.json"
+    reference_config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    for name in WEIGHT_NAMES:
+        if (path / name).is_file():
+            return path / name, reference_config
+    candidates = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if len(candidates) != 1:
+        found = [p.name for p in candidates] or "none"
+        raise FileNotFoundError(f"Expected one checkpoint in {path} ({' or '.join(WEIGHT_NAMES)}, or a single "
+                                f"{'/'.join(WEIGHT_SUFFIXES)} file); found {found}.")
+    return candidates[0], reference_config
+
+
+def convert_reference(
+    path_or_repo_id,
+    base_config=None,
+    num_parts: int | None = None,
+    num_labels: int | None = None,
+    num_register_tokens: int | None = None,
+    image_size: int | None = None,
+    num_attention_heads: int | None = None,
+    id2label=None,
+    source: str = "auto",
+    revision: str | None = None,
+    cache_dir=None,
+    token=None,
+    local_files_only: bool = False,
+    **config_overrides,
+) -> IFAMForImageClassification:
+    """
+    `IFAMForImageClassification` (eval mode) from a reference checkpoint: a file, a folder, a Hub repository id, or
+    a state dict / snapshot in memory. Every size comes from the tensors (`infer_reference_config`); the other
+    arguments are optional (see `build_config`). A `config.json` beside the weights is read: a reference
+    `PyTorchModelHubMixin` config is checked against the tensors and gives the training options; a transformers
+    DINOv2 config serves as the base config when none is given.
+    """
+    reference_config = None
+    if isinstance(path_or_repo_id, (str, os.PathLike)):
+        checkpoint_path, reference_config = resolve_reference(path_or_repo_id, revision, cache_dir, token,
+                                                              local_files_only)
+        state_dict = unwrap_checkpoint(load_checkpoint_file(checkpoint_path))
+    else:
+        state_dict = unwrap_checkpoint(path_or_repo_id)
+    if reference_config is not None and "model_type" in reference_config:  # a transformers config
+        if reference_config["model_type"] == "ifam":
+            raise ValueError(f"{path_or_repo_id} is already an iFAM model folder: load it with `from_pretrained`.")
+        if base_config is None:
+            base_config = reference_config
+        reference_config = None
+    if source == "auto":
+        source = detect_source(state_dict)
+    inferred = infer_reference_config(state_dict, source)
+    config = build_config(inferred, base_config=base_config, num_parts=num_parts, num_labels=num_labels,
+                          num_register_tokens=num_register_tokens, image_size=image_size,
+                          num_attention_heads=num_attention_heads, id2label=id2label,
+                          reference_config=reference_config, **config_overrides)
+    return load_reference_checkpoint(state_dict, config, source=source)
+
+
+def save_converted(model: IFAMForImageClassification, output_dir, processor: bool = True) -> Path:
+    """
+    Write a folder like `ifam-train`'s: weights, config and modeling code (`save_pretrained`, through
+    `register_for_auto_class`) and DINOv2's image processor at the model's resolution.
+    """
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    if processor:
+        dinov2_image_processor(model.config.image_size).save_pretrained(output_dir)
+    return output_dir
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# command line
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m modeling_ifam.convert_reference",
-        description="Convert a reference iFAM / PDiscoFormer checkpoint into an IFAMForImageClassification folder.",
+        description="Convert a reference iFAM / PDiscoFormer checkpoint (file, folder or Hub repository id) into an "
+                    "IFAMForImageClassification folder. Every size is read from the tensors; the optional values "
+                    "below are checked against them.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("checkpoint", help="reference checkpoint: .pt/.pth (snapshot or state dict) or .safetensors")
-    parser.add_argument("--output-dir", required=True, help="where `save_pretrained` writes the converted model")
-    parser.add_argument("--num-parts", type=int, required=True, help="K, the number of foreground parts")
-    parser.add_argument("--num-labels", type=int, help="C, the number of classes (or give --id2label)")
-    parser.add_argument("--id2label", help="JSON file: a list of class names or a {index: name} mapping")
-    parser.add_argument("--num-register-tokens", type=int, help="0 or 4 (default: from the base config, else 0)")
-    parser.add_argument("--base-config", default="facebook/dinov2-base",
-                        help="DINOv2 config of the backbone: Hub id, local folder or config.json")
-    parser.add_argument("--image-size", type=int,
-                        help="training resolution (the position table's); default: the base config's")
+    parser.add_argument("checkpoint", help="reference checkpoint: a .safetensors/.pt/.pth file, a folder holding one "
+                        "(and config.json), or a Hub repository id such as ananthu-aniraj/ifam-cub-k8")
+    parser.add_argument("--output_dir", "--output-dir", required=True, help="where the converted model is written")
+    parser.add_argument("--num_parts", "--num-parts", type=int, help="check: K, the number of foreground parts")
+    parser.add_argument("--num_labels", "--num-labels", type=int, help="check: the number of classes")
+    parser.add_argument("--id2label", help="class names: a JSON file (list or {index: name}) or a dataset folder "
+                        "saved by `datasets` with a ClassLabel `label` column; default LABEL_0, LABEL_1, ...")
+    parser.add_argument("--num_register_tokens", "--num-register-tokens", type=int, help="check: register tokens")
+    parser.add_argument("--image_size", "--image-size", type=int, help="check: the position table's resolution")
+    parser.add_argument("--num_attention_heads", type=int,
+                        help="attention heads (default: the base config's, else width / 64 as in every DINOv2)")
+    parser.add_argument("--base_config", "--base-config",
+                        help="optional DINOv2 config (Hub id, folder or config.json) for what the tensors do not fix")
     parser.add_argument("--source", default="auto", choices=SOURCES)
-    parser.add_argument("--no-processor", action="store_true", help="do not write a DINOv2 image processor")
-    parser.add_argument("--remote-code", action="store_true", help="also copy the modeling code (trust_remote_code)")
-    args = parser.parse_args(argv)
-    if args.num_labels is None and args.id2label is None:
-        parser.error("give --num-labels or --id2label")
-    return args
+    parser.add_argument("--revision", help="Hub revision")
+    parser.add_argument("--no_processor", "--no-processor", action="store_true",
+                        help="do not write DINOv2's image processor")
+    parser.add_argument("--remote_code", "--remote-code", action="store_true",
+                        help="kept for older command lines: `save_pretrained` always writes the modeling code")
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = _parse_args(argv)
-    id2label = None
-    if args.id2label:
-        labels = json.loads(Path(args.id2label).read_text())
-        id2label = dict(enumerate(labels)) if isinstance(labels, list) else labels
-        if args.num_labels is not None and len(id2label) != args.num_labels:
-            raise SystemExit(f"--id2label has {len(id2label)} classes but --num-labels is {args.num_labels}.")
-    config = build_config(
-        args.num_parts,
-        num_labels=args.num_labels,
-        base_config=args.base_config,
-        num_register_tokens=args.num_register_tokens,
-        image_size=args.image_size,
-        id2label=id2label,
-    )
-    model = load_reference_checkpoint(args.checkpoint, config, source=args.source)
-    output_dir = Path(args.output_dir)
-    model.save_pretrained(output_dir)
-    if not args.no_processor:
-        from transformers import BitImageProcessor
-        from transformers.image_utils import PILImageResampling
-
-        # DINOv2's evaluation preprocessing at the model's resolution (short side * 256/224, centre crop, ImageNet
-        # statistics)
-        BitImageProcessor(
-            size={"shortest_edge": round(config.image_size * 256 / 224)},
-            crop_size={"height": config.image_size, "width": config.image_size},
-            resample=PILImageResampling.BICUBIC,
-            image_mean=[0.485, 0.456, 0.406],
-            image_std=[0.229, 0.224, 0.225],
-            do_convert_rgb=True,
-        ).save_pretrained(output_dir)
-    if args.remote_code:
-        from .remote_code import write_remote_code
-
-        write_remote_code(output_dir)
+    id2label = load_id2label(args.id2label) if args.id2label else None
+    try:
+        model = convert_reference(
+            args.checkpoint, base_config=args.base_config, num_parts=args.num_parts, num_labels=args.num_labels,
+            num_register_tokens=args.num_register_tokens, image_size=args.image_size,
+            num_attention_heads=args.num_attention_heads, id2label=id2label, source=args.source,
+            revision=args.revision,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from error
+    output_dir = save_converted(model, args.output_dir, processor=not args.no_processor)
+    config = model.config
+    print(f"Converted: K={config.num_parts} parts, {config.num_labels} classes, {config.num_register_tokens} register "
+          f"tokens, width {config.hidden_size}, depth {config.num_hidden_layers}, {config.num_attention_heads} heads, "
+          f"patch {config.patch_size}, {config.image_size} px")
+    if id2label is None:
+        print(f"No class names given (--id2label): the labels are LABEL_0 ... LABEL_{config.num_labels - 1}.")
     print(f"Wrote {output_dir}")
     return output_dir
 

@@ -4,8 +4,10 @@ Stage 1 (PDiscoFormer part discovery on DINOv2) assigns every patch to one of K 
 The foreground patches form a binary token mask; stage 2 (a second DINOv2) classifies the raw image with an attention
 mask that hides every other patch in every layer, so nothing outside the mask can move the prediction.
 
-This module is copied to the Hub for ``trust_remote_code`` users: it imports only torch and transformers (and its two
-sibling files).
+`save_pretrained` copies this module, `configuration_ifam.py`, `part_losses.py`, `pipeline_ifam.py` and
+`image_processing_ifam.py` beside the weights for ``trust_remote_code`` users (`register_for_auto_class` in
+`__init__.py`; transformers copies every relatively imported module): they import only torch, transformers, numpy and
+PIL, and each other relatively.
 """
 
 import math
@@ -14,16 +16,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel, PreTrainedModel
+from transformers import AutoConfig, Dinov2Model, Dinov2PreTrainedModel, Dinov2WithRegistersModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask, packed_sequence_mask_function
-from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings, Dinov2LayerScale
 from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
     Dinov2WithRegistersEmbeddings,
     Dinov2WithRegistersLayerScale,
 )
 from transformers.utils import ModelOutput
 
+from .configuration_ifam import IFAMConfig
 from .part_losses import (
     RandomAffine,
     background_presence_loss,
@@ -36,10 +38,8 @@ from .part_losses import (
 )
 
 
-try:  # flat layout of a saved model folder (trust_remote_code)
-    from .configuration_ifam import IFAMConfig
-except ImportError:  # installed package layout
-    from configuration_ifam import IFAMConfig
+# `forward` rejects larger pixel magnitudes: finite inputs past this overflow to NaN logits (the float16 range)
+MAX_PIXEL_MAGNITUDE = torch.finfo(torch.float16).max
 
 
 @dataclass
@@ -49,7 +49,8 @@ class IFAMPartDiscoveryOutput(ModelOutput):
     `config.stage1_image_size`).
 
     part_distances (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
-        Squared distance of every patch feature to every part prototype (background last).
+        Squared distance of every patch feature to every part prototype (background last); float32 whatever the
+        autocast state, like `part_maps`.
     part_maps (`torch.FloatTensor` of shape `(batch_size, num_parts + 1, height, width)`):
         Part assignment probabilities: softmax (Gumbel-softmax in training) of the negative distances.
     part_features (`torch.FloatTensor` of shape `(batch_size, hidden_size, num_parts + 1)`):
@@ -156,16 +157,20 @@ class IFAMPartDiscovery(nn.Module):
         height, width = (size // self.patch_size for size in pixel_values.shape[-2:])
         features = self.backbone(pixel_values).last_hidden_state[:, self.num_prefix_tokens:]  # [B, N, D], layer-normed
 
-        # ||x - p||^2 = ||x||^2 - 2 x.p + ||p||^2, for every patch x and prototype p
-        distances = (
-            features.pow(2).sum(-1, keepdim=True)
-            - 2 * features @ self.prototypes.T
-            + self.prototypes.pow(2).sum(-1)
-        )  # [B, N, K+1]
-        if self.training and self.config.gumbel_softmax:
-            part_maps = F.gumbel_softmax(-distances, tau=self.config.softmax_temperature, dim=-1)
-        else:
-            part_maps = (-distances / self.config.softmax_temperature).softmax(dim=-1)
+        # ||x - p||^2 = ||x||^2 - 2 x.p + ||p||^2, for every patch x and prototype p. Always in float32, whatever the
+        # autocast state: with D-dimensional layer-normed features ||x||^2 is about D (768 for ViT-B), where bfloat16
+        # resolves steps of 4, so a bfloat16 x.p would reorder nearby prototypes and change the explanation itself.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            features32, prototypes = features.float(), self.prototypes.float()
+            distances = (
+                features32.pow(2).sum(-1, keepdim=True)
+                - 2 * features32 @ prototypes.T
+                + prototypes.pow(2).sum(-1)
+            )  # [B, N, K+1], float32
+            if self.training and self.config.gumbel_softmax:
+                part_maps = F.gumbel_softmax(-distances, tau=self.config.softmax_temperature, dim=-1)
+            else:
+                part_maps = (-distances / self.config.softmax_temperature).softmax(dim=-1)
 
         part_features = torch.einsum("bnk,bnd->bdk", part_maps, features) / features.shape[1]  # [B, D, K+1]
         part_features = self.modulation(part_features)
@@ -206,15 +211,24 @@ class IFAMMaskedClassifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, visible: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """
-        visible (`torch.BoolTensor` of shape `(batch_size, num_patches)`): the patches stage 2 may see.
-        weights (`torch.FloatTensor` of shape `(batch_size, num_patches)`): the straight-through mask, 1.0 on visible
-            patches in the forward pass; it carries the gradient of the stage-2 loss back to stage 1. With soft masks,
-            the soft foreground probabilities.
+        Classify the image from the visible patches only.
 
         With `"masked"` (`stage2_training`'s default) every patch token is computed and the attention mask hides the
         unselected ones; with `"packed"`/`"padded"` (`stage2_inference`'s) the selected tokens alone are computed. The
         results, and in training the gradients, are the same: an unselected token is never attended and its output is
         never read, so the straight-through gradient of its weight is exactly zero either way.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                The images.
+            visible (`torch.BoolTensor` of shape `(batch_size, num_patches)`):
+                The patches stage 2 may see.
+            weights (`torch.FloatTensor` of shape `(batch_size, num_patches)`):
+                The straight-through mask, 1.0 on visible patches in the forward pass; it carries the gradient of the
+                stage-2 loss back to stage 1. With soft masks, the soft foreground probabilities.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_labels)`: the stage-2 logits.
         """
         embeddings = self.backbone.embeddings(pixel_values)  # [B, P+N, D], P = CLS + registers
         prefix = embeddings.new_ones(embeddings.shape[0], self.num_prefix_tokens)
@@ -306,40 +320,58 @@ def _first_fit_decreasing(lengths: list[int], capacity: int) -> tuple[list[int],
     return rows, starts, len(free)
 
 
-class IFAMPreTrainedModel(PreTrainedModel):
+class IFAMPreTrainedModel(Dinov2PreTrainedModel):
+    """
+    DINOv2's pretrained-model base (weight initialisation, attention backends, gradient checkpointing) with the iFAM
+    config. Two declarations differ from DINOv2's, for measured reasons:
+
+    - `_supports_flash_attn = False`: flash-attention kernels cannot express the packed stage-2 path's block-diagonal
+      mask, and a mask that is not applied would let packed images see each other. SDPA, eager and flex attention all
+      take the masks exactly (tested: probabilities to masked keys are 0 in every layer).
+    - `_can_compile_fullgraph = False`: stage 2's token selection has data-dependent shapes (`nonzero`, packing), so
+      `torch.compile(fullgraph=True)` breaks the graph there; `torch.compile` with graph breaks works (tested).
+    """
+
     config: IFAMConfig
     config_class = IFAMConfig
     base_model_prefix = "ifam"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["Dinov2Embeddings", "Dinov2Layer", "Dinov2WithRegistersEmbeddings", "Dinov2WithRegistersLayer"]
-    _supports_sdpa = True
-    # No flash attention: its kernels cannot express the packed path's block-diagonal mask, and a mask that is not
-    # applied would let packed images see each other. SDPA, eager and flex attention all take the masks exactly.
     _supports_flash_attn = False
-    _supports_flex_attn = True
-    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _can_record_outputs = None  # the stages' backbones record their own hidden states and attentions
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """
+        [`PreTrainedModel.save_pretrained`], and the folder serves the `ifam-explanation` pipeline and iFAM's image
+        processor too: `config.json` names them (`custom_pipelines`, as `Pipeline.save_pretrained` writes it, and
+        `auto_map["AutoImageProcessor"]`) and their modules are copied beside this one. The one place every save path
+        (training, conversion, publishing, `push_to_hub`, `Pipeline.save_pretrained`) goes through.
+        """
+        # A relative import, on purpose: transformers' `custom_object_save` copies every relatively imported module of
+        # this file (here `pipeline_ifam.py` and its `image_processing_ifam.py`) beside the weights. Imported here, not
+        # at the top, so that loading the model does not import the pipeline machinery.
+        from .pipeline_ifam import name_in_config
+
+        name_in_config(self.config)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module) -> None:
+        # DINOv2's initialisation (embeddings, linear and convolution layers, layer scale); transformers' registers
+        # variant has its own embedding and layer-scale classes, initialised alike; then the prototypes.
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, (Dinov2Embeddings, Dinov2WithRegistersEmbeddings)):
+        if isinstance(module, Dinov2WithRegistersEmbeddings):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             if module.mask_token is not None:
                 init.zeros_(module.mask_token)
-            if isinstance(module, Dinov2WithRegistersEmbeddings):
-                init.zeros_(module.register_tokens)
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (Dinov2LayerScale, Dinov2WithRegistersLayerScale)):
+            init.zeros_(module.register_tokens)
+        elif isinstance(module, Dinov2WithRegistersLayerScale):
             init.constant_(module.lambda1, self.config.layerscale_value)
         elif isinstance(module, IFAMPartDiscovery):
-            # PyTorch's default for a 1x1 projection, as in PDiscoFormer: prototypes comparable to unit-variance features
+            # PyTorch's default for a 1x1 projection, as in PDiscoFormer: prototypes comparable to unit-variance
+            # features (stage 1's width, which differs from stage 2's with a separate stage-1 backbone)
             bound = 1 / math.sqrt(module.prototypes.shape[1])
             init.uniform_(module.prototypes, -bound, bound)
 
@@ -359,6 +391,10 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
     >>> outputs.logits.shape, outputs.token_mask.shape  # (1, 2), (1, 256)
     ```
     """
+
+    # The loss is a batch mean of several terms, not a sum to be divided by `num_items_in_batch`: `Trainer` must not
+    # pass that keyword to `forward`, and averages over gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: IFAMConfig):
         super().__init__(config)
@@ -385,18 +421,12 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
             if "stage1_config" in config_kwargs:
                 raise ValueError("Give either `stage1=` (a checkpoint) or `stage1_config=`, not both.")
             stage1_backbone = cls._load_dinov2(stage1)
+            # the backbone's own config (model_type "dinov2"/"dinov2_with_registers"), nested as `stage1_config`
             config_kwargs["stage1_config"] = stage1_backbone.config.to_dict()
-        backbone_config = backbone.config.to_dict()
-        inherited = {
-            name: backbone_config[name]
-            for name in IFAMConfig.__dataclass_fields__
-            if name in backbone_config and name in type(backbone.config).__dataclass_fields__ and name != "model_type"
-        }
-        inherited.setdefault("num_register_tokens", 0)
-        clash = sorted(set(inherited) & set(config_kwargs) - {"id2label", "label2id", "num_labels"})
+        clash = sorted(set(IFAMConfig.dinov2_options(backbone.config)) & set(config_kwargs))
         if clash:
             raise ValueError(f"{clash} come from the DINOv2 checkpoint and cannot be overridden in `from_dinov2`.")
-        config = IFAMConfig(**{**inherited, **config_kwargs})
+        config = IFAMConfig.from_dinov2_config(backbone.config, **config_kwargs)
         model = cls(config)
         model.stage2.backbone.load_state_dict(backbone.state_dict())
         model.stage1.backbone.load_state_dict((stage1_backbone or backbone).state_dict())
@@ -408,10 +438,25 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         backbone_classes = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
         if model_type not in backbone_classes:
             raise ValueError(
-                f"{name_or_path!r} is a {model_type!r} checkpoint; `from_dinov2` takes DINOv2 or DINOv2-with-registers "
-                "checkpoints (load iFAM checkpoints with `from_pretrained`)."
+                f"{name_or_path!r} is a {model_type!r} checkpoint; `from_dinov2` takes a DINOv2 or "
+                "DINOv2-with-registers checkpoint (load iFAM checkpoints with `from_pretrained`)."
             )
         return backbone_classes[model_type].from_pretrained(name_or_path)
+
+    @classmethod
+    def from_reference(cls, path_or_repo_id, **kwargs) -> "IFAMForImageClassification":
+        """
+        Convert a checkpoint of the authors' reference code (a file, a folder or a Hub repository id, in the iFAM or
+        PDiscoFormer layouts, timm or transformers backbones); every size is read from the tensors. `kwargs`: see
+        `modeling_ifam.convert_reference.convert_reference` (`id2label=`, checks such as `num_parts=`, `revision=`).
+        """
+        # The converter is not part of the Hub remote code, and no import statement may name it: transformers copies
+        # every relatively imported file of a remote-code module, and would demand convert_reference.py.
+        try:
+            converter = __import__(f"{__package__}.convert_reference", fromlist=["convert_reference"])
+        except ImportError as error:
+            raise ImportError("`from_reference` needs the ifam package (modeling_ifam.convert_reference).") from error
+        return converter.convert_reference(path_or_repo_id, **kwargs)
 
     def forward(
         self,
@@ -424,23 +469,33 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         **kwargs,
     ) -> IFAMImageClassifierOutput:
         r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Height and width must be multiples of the patch size; position embeddings are interpolated as in DINOv2.
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices in `[0, num_labels)`; when given, `loss` is the full training objective.
-        token_mask (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Replaces stage 1's selection: True for the patches stage 2 may see.
-        parts_to_drop (`list[int]`, *optional*):
-            Foreground parts whose patches are hidden from stage 2 (part removal). Defaults to `config.parts_to_drop`.
-        token_removal_percentile (`float`, *optional*):
-            Apply the calibrated thresholds of this percentile (token removal). Defaults to
-            `config.token_removal_percentile`.
-        use_token_removal (`bool`, *optional*):
-            `False` switches token removal off for this call whatever the defaults say.
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Height and width must be multiples of the patch size; position embeddings are interpolated as in
+                DINOv2.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class indices in `[0, num_labels)`; when given, `loss` is the full training objective.
+            token_mask (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+                Replaces stage 1's selection: True for the patches stage 2 may see.
+            parts_to_drop (`list[int]`, *optional*):
+                Foreground parts whose patches are hidden from stage 2 (part removal). Defaults to
+                `config.parts_to_drop`.
+            token_removal_percentile (`float`, *optional*):
+                Apply the calibrated thresholds of this percentile (token removal). Defaults to
+                `config.token_removal_percentile`.
+            use_token_removal (`bool`, *optional*):
+                `False` switches token removal off for this call whatever the defaults say.
+
+        Returns:
+            [`IFAMImageClassifierOutput`]
         """
         if kwargs:
             raise TypeError(f"IFAMForImageClassification.forward got unexpected arguments {sorted(kwargs)}.")
         num_patches = self._check_pixel_values(pixel_values)
+        given = None if token_mask is None else self._check_token_mask(token_mask, pixel_values.shape[0], num_patches)
+        self._check_pixel_range(pixel_values, given)
+        if labels is not None:
+            self._check_loss_grid(pixel_values)
         grid = tuple(size // self.config.patch_size for size in pixel_values.shape[-2:])  # stage 2's patch grid
         stage1 = self.stage1(pixel_values)
 
@@ -498,6 +553,8 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         part_maps, part_distances = self.part_maps_on_grid(stage1, grid, with_distances=thresholds is not None)
         part_maps = part_maps.flatten(2)  # [B, K+1, N]
         batch_size, num_parts = part_maps.shape[0], part_maps.shape[1] - 1
+        if isinstance(parts_to_drop, (str, bytes)) or not all(isinstance(p, int) for p in parts_to_drop):
+            raise TypeError(f"`parts_to_drop` must be a list of part indices (int), got {parts_to_drop!r}.")
         bad = [p for p in parts_to_drop if not 0 <= p < num_parts]
         if bad:
             raise ValueError(f"`parts_to_drop` holds part indices {bad} outside [0, num_parts={num_parts}).")
@@ -512,6 +569,8 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         visible = keep.gather(1, assignment)
         if thresholds is not None:
             distance = part_distances.flatten(2).gather(1, assignment[:, None]).squeeze(1)  # [B, N]
+            # float32 like the distances (stage 1 computes them so under autocast too): thresholds are calibrated there
+            distance = distance.float()
             limit = F.pad(thresholds.to(distance), (0, 1), value=float("inf"))[assignment]
             visible &= distance <= limit
         soft_foreground = (part_maps * keep[..., None]).sum(dim=1)  # [B, N]
@@ -575,33 +634,78 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
             return None
         thresholds = self.config.thresholds_for(percentile)
         if thresholds is None:
-            raise ValueError(
-                f"No token-removal thresholds calibrated for percentile {percentile}; calibrated: "
-                f"{sorted(self.config.part_distance_thresholds)}."
-            )
+            raise self.config.missing_thresholds_error([percentile])
         return torch.tensor(thresholds, device=self.device)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> int:
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
             raise ValueError(f"`pixel_values` must be a tensor of shape (batch, channels, height, width), got {shape}.")
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"`pixel_values` must be a floating-point tensor (normalized pixels, as the image "
+                            f"processor returns them), got {pixel_values.dtype}.")
+        if pixel_values.shape[0] == 0:
+            raise ValueError(f"`pixel_values` is an empty batch (shape {tuple(pixel_values.shape)}).")
         if pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
                 f"`pixel_values` has {pixel_values.shape[1]} channels, the model expects {self.config.num_channels}."
             )
         height, width = pixel_values.shape[-2:]
         patch = self.config.patch_size
-        if self.config.stage1_image_size is None:  # stage 1 sees the image as it is: its patches must tile it too
-            patch = math.lcm(patch, self.stage1.patch_size)
-        if height % patch or width % patch:
+        if height % patch or width % patch or not height or not width:
             raise ValueError(
-                f"`pixel_values` of size {height}x{width} is not a multiple of the patch size {patch}; resize or crop "
-                f"to a multiple (the image processor does)."
+                f"`pixel_values` of size {height}x{width} is not a (non-zero) multiple of the patch size {patch}; "
+                f"resize or crop to a multiple (the image processor does)."
+            )
+        stage1_patch = self.stage1.patch_size
+        if self.config.stage1_image_size is None and (height % stage1_patch or width % stage1_patch):
+            # stage 1 sees the image as it is: its patches (another size with a separate stage-1 backbone) must tile it
+            raise ValueError(
+                f"`pixel_values` of size {height}x{width} is not a multiple of stage 1's patch size "
+                f"{self.stage1.patch_size}; resize or crop to a multiple, or set `stage1_image_size`."
             )
         return (height // patch) * (width // patch)
 
+    def _check_pixel_range(self, pixel_values: torch.Tensor, token_mask: torch.Tensor | None) -> None:
+        """NaN/inf, or values past the float16 range (normalized pixels are within a few units), give NaN logits;
+        with a given `token_mask`, only the patches stage 2 sees count (the others cannot reach the logits)."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        patch, (batch_size, _, height, width) = self.config.patch_size, pixel_values.shape
+        peaks = pixel_values.detach().abs().amax(1).view(batch_size, height // patch, patch, width // patch, patch)
+        peaks = peaks.amax((2, 4)).flatten(1)  # [B, N], NaN where a patch holds one
+        if token_mask is not None:
+            peaks = peaks.masked_fill(~token_mask, 0)
+        peak = float(peaks.max())
+        if not peak <= MAX_PIXEL_MAGNITUDE:
+            finite = torch.isfinite(peaks).all(1)
+            raise ValueError(
+                f"`pixel_values` holds non-finite values (NaN or inf) in images "
+                f"{(~finite).nonzero().flatten().tolist()} of the batch." if not finite.all() else
+                f"`pixel_values` holds values up to {peak:.3g} in magnitude; expected normalized pixels (the image "
+                f"processor's output), at most {MAX_PIXEL_MAGNITUDE:g} (the float16 range)."
+            )
+
+    def _check_loss_grid(self, pixel_values: torch.Tensor) -> None:
+        """The presence losses pool the part maps 3x3 (the background's also needs a border): at least 3 (4) patches,
+        on stage 1's grid (where the part losses are computed: `stage1_image_size`'s when it is set)."""
+        weights = self.config.loss_weights
+        need = 4 if weights["background"] > 0 else 3 if weights["presence"] > 0 else 1
+        patch, size = self.stage1.patch_size, self.config.stage1_image_size
+        height, width = pixel_values.shape[-2:] if size is None else (size, size)
+        rows, columns = height // patch, width // patch
+        if min(rows, columns) < need:
+            seen = "" if size is None else f" (stage 1 sees it at `stage1_image_size` {size}x{size})"
+            raise ValueError(
+                f"`pixel_values` of size {pixel_values.shape[-2]}x{pixel_values.shape[-1]}{seen} gives a "
+                f"{rows}x{columns} patch grid (stage 1's); with `labels`, the part losses need at least "
+                f"{need}x{need} patches ({need * patch}x{need * patch} pixels)."
+            )
+
     @staticmethod
     def _check_token_mask(token_mask: torch.Tensor, batch_size: int, num_patches: int) -> torch.BoolTensor:
+        if not isinstance(token_mask, torch.Tensor):
+            raise TypeError(f"`token_mask` must be a boolean tensor, got {type(token_mask).__name__}.")
         if tuple(token_mask.shape) != (batch_size, num_patches):
             raise ValueError(
                 f"`token_mask` must have shape (batch_size, num_patches) = ({batch_size}, {num_patches}), "
@@ -614,7 +718,9 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         return token_mask
 
     def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
-        if tuple(labels.shape) != (batch_size,) or labels.dtype.is_floating_point:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"`labels` must be a tensor of class indices, got {type(labels).__name__}.")
+        if tuple(labels.shape) != (batch_size,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(
                 f"`labels` must be integer class indices of shape ({batch_size},), got {labels.dtype} of shape "
                 f"{tuple(labels.shape)}."

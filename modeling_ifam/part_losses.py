@@ -1,4 +1,3 @@
-# coding=utf-8
 """Stage-1 part-shaping losses of iFAM (PDiscoFormer part discovery), in pure PyTorch.
 
 This module is self-contained (it imports only ``torch``, ``math`` and ``typing``) so that it
@@ -83,7 +82,9 @@ def _check_part_features(part_features: torch.Tensor, name: str = "part_features
     if part_features.ndim != 3 or min(part_features.shape) < 1 or part_features.shape[-1] < 2:
         raise ValueError(f"`{name}` must have shape {expected}, got shape {tuple(part_features.shape)}")
     if not part_features.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating point tensor of shape {expected}, got dtype {part_features.dtype}")
+        raise ValueError(
+            f"`{name}` must be a floating point tensor of shape {expected}, got dtype {part_features.dtype}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +131,9 @@ class RandomAffine:
             raise ValueError(f"`angle` must have shape [B] with B >= 1, got shape {tuple(angle.shape)}")
         batch_size = angle.shape[0]
         if translate.shape != (batch_size, 2):
-            raise ValueError(f"`translate` must have shape [B, 2] = [{batch_size}, 2], got shape {tuple(translate.shape)}")
+            raise ValueError(
+                f"`translate` must have shape [B, 2] = [{batch_size}, 2], got shape {tuple(translate.shape)}"
+            )
         if scale.shape != (batch_size,):
             raise ValueError(f"`scale` must have shape [B] = [{batch_size}], got shape {tuple(scale.shape)}")
         if not bool(torch.all(scale > 0)):

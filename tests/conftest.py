@@ -1,9 +1,13 @@
 """Tiny DINOv2-architecture configs built in the test: nothing is downloaded."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from configuration_ifam import IFAMConfig
+from modeling_ifam import IFAMConfig
 
 
 TINY = dict(
@@ -46,7 +50,7 @@ TINY_RUN = [
 
 
 def run_training(output_dir, *extra):
-    import train
+    from ifam_train import train
 
     return train.main([*TINY_RUN, "--output_dir", str(output_dir), *extra])
 
@@ -57,3 +61,13 @@ def trained_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained")
     results = run_training(folder, "--with_tracking")
     return folder, results
+
+
+def load_demo_app():
+    """`demo/app.py` (a script, not a package module) loaded by its path, once per process."""
+    name = "ifam_demo_app"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "demo" / "app.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import zlib
 import pickle
 
 import numpy as np
@@ -16,7 +17,8 @@ from ifam_data import benchmarks as B
 
 def _img(path, fmt=None, mode="RGB", value=None):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    rng = np.random.default_rng(abs(hash(path)) % 2**32)
+    # seeded by the file's last three path parts, not hash() (salted per process) nor tmp_path (changes per run)
+    rng = np.random.default_rng(zlib.crc32("/".join(os.fspath(path).split(os.sep)[-3:]).encode()))
     shape = (8, 8, 3) if mode == "RGB" else (8, 8)
     arr = rng.integers(0, 255, shape, dtype=np.uint8) if value is None else np.full(shape, value, np.uint8)
     PILImage.fromarray(arr, mode).save(path, format=fmt)
@@ -176,7 +178,7 @@ def test_metashift_missing_folder(tmp_path):
 # --------------------------------------------------------------------------------------------
 # CUB + Waterbird200
 # --------------------------------------------------------------------------------------------
-def _cub(root, waterbird200=True, masks=False):
+def _cub(root, waterbird200=True, masks=False, parts=True):
     classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
     with open(root / "classes.txt", "w") as f:
         for i, c in enumerate(classes, 1):
@@ -198,6 +200,13 @@ def _cub(root, waterbird200=True, masks=False):
     (root / "images.txt").write_text("\n".join(lines_img) + "\n")
     (root / "image_class_labels.txt").write_text("\n".join(lines_lab) + "\n")
     (root / "train_test_split.txt").write_text("\n".join(lines_split) + "\n")
+    if parts:  # CUB's layout: 15 parts per image (3 here), listed image by image; invisible ones at 0 0
+        os.makedirs(root / "parts", exist_ok=True)
+        (root / "parts" / "part_locs.txt").write_text("".join(
+            f"{i} {p} {0.0 if (i + p) % 4 == 0 else i + p / 2} {0.0 if (i + p) % 4 == 0 else 2 * p} "
+            f"{0 if (i + p) % 4 == 0 else 1}\n" for i in range(1, img_id + 1) for p in (1, 2, 3)))
+        boxes = "".join(f"{i} {i}.0 1.0 5.0 {i + 2}.0\n" for i in range(1, img_id + 1))
+        (root / "bounding_boxes.txt").write_text(boxes)
     return lines_img
 
 
@@ -213,6 +222,33 @@ def test_cub_layout_with_waterbird200(tmp_path):
     ref = dd["test"].cast_column("image", Image(decode=False))["image"]
     assert [os.path.basename(p["path"]) for p in paths] == [os.path.basename(p["path"]) for p in ref]
     _assert_lazy_paths(dd["train"])
+
+
+def test_cub_keypoints_and_boxes(tmp_path):
+    _cub(tmp_path)
+    dd = B.load_cub(str(tmp_path))
+    test_ids = [4, 8, 12]  # the fourth image of each class is a test image
+    for split in ("test", "test_waterbird200"):  # Waterbird200 shares the test split's annotations
+        kp, box = dd[split]["keypoints"], dd[split]["bbox"]
+        for got, i in zip(kp, test_ids):
+            expected = [[0.0, 0.0, 0.0] if (i + p) % 4 == 0 else [i + p / 2, 2.0 * p, 1.0] for p in (1, 2, 3)]
+            assert got == expected
+        assert box == [[float(i), 1.0, 5.0, float(i + 2)] for i in test_ids]
+    assert dd["train"]["bbox"][0] == [1.0, 1.0, 5.0, 3.0]
+    assert "keypoints" not in B.load_cub(str(tmp_path), keypoints=False)["train"].column_names
+    os.remove(tmp_path / "bounding_boxes.txt")
+    assert "keypoints" not in B.load_cub(str(tmp_path))["train"].column_names  # auto: only with both files
+    with pytest.raises(FileNotFoundError, match="bounding_boxes.txt"):
+        B.load_cub(str(tmp_path), keypoints=True)
+    _cub(tmp_path)
+    (tmp_path / "parts" / "part_locs.txt").write_text("1 1 3.0 4.0\n")
+    with pytest.raises(ValueError, match="part_locs.txt:1"):
+        B.load_cub(str(tmp_path))
+    _cub(tmp_path)
+    lines = (tmp_path / "parts" / "part_locs.txt").read_text().splitlines()
+    (tmp_path / "parts" / "part_locs.txt").write_text("\n".join(lines[:-1]) + "\n")  # image 12 lacks part 3
+    with pytest.raises(ValueError, match="image id 12"):
+        B.load_cub(str(tmp_path))
 
 
 def test_cub_options(tmp_path):
@@ -342,7 +378,6 @@ def test_siim_acr_tube_from_folders_and_errors(tmp_path):
 
 
 def test_siim_acr_dicom(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

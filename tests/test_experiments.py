@@ -1,14 +1,11 @@
 """The experiment helpers: the linear probes of experiments/probe_features.py."""
 
 import json
-import sys
-from pathlib import Path
 
 import torch
 from transformers import Dinov2Config, Dinov2Model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import probe_features  # noqa: E402
+from experiments import probe_features
 
 
 def test_linear_probe_separates_separable_data_and_reads_standardised_inputs():

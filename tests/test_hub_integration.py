@@ -8,19 +8,16 @@ import textwrap
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageClassification, BitImageProcessor, Dinov2Config, pipeline
+from transformers import AutoConfig, AutoModelForImageClassification, Dinov2Config, pipeline
 from transformers import Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel, ViTConfig, ViTModel
 
 from conftest import TINY, tiny_model
-from modeling_ifam import IFAMConfig, IFAMForImageClassification, write_remote_code
+from modeling_ifam import IFAMConfig, IFAMForImageClassification, IFAMImageProcessor, dinov2_image_processor
 
 
-def tiny_processor() -> BitImageProcessor:
+def tiny_processor() -> IFAMImageProcessor:
     """DINOv2's image processor at the tiny model's resolution."""
-    return BitImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, do_convert_rgb=True,
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-    )
+    return dinov2_image_processor(28)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +25,7 @@ def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ifam")
     model = tiny_model()
     model.save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
-    write_remote_code(folder)
+    tiny_processor().save_pretrained(folder)  # save_pretrained also wrote the modeling code and auto_map
     image = Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy())
     image_path = folder / "example.png"
     image.save(image_path)
@@ -69,7 +65,7 @@ def test_pipeline_on_saved_folder(saved):
 REMOTE_CODE_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    for name in ("modeling_ifam", "configuration_ifam", "part_losses"):
+    for name in ("modeling_ifam", "configuration_ifam", "part_losses", "pipeline_ifam", "image_processing_ifam"):
         sys.modules[name] = None  # the package cannot be imported in this process
     import torch
     from PIL import Image
@@ -77,7 +73,10 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
     folder, image_path = sys.argv[1], sys.argv[2]
     model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    inputs = AutoProcessor.from_pretrained(folder, trust_remote_code=True)(Image.open(image_path), return_tensors="pt")
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(processor).__name__ == "IFAMImageProcessor", type(processor)  # auto_map of config.json
+    assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+    inputs = processor(Image.open(image_path), return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits[0].tolist()
     classifier = pipeline("image-classification", model=folder, trust_remote_code=True, device="cpu")
@@ -88,7 +87,9 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 
 def test_trust_remote_code_without_the_package(saved, tmp_path):
     folder, model, image_path = saved
-    assert sorted(p.name for p in folder.glob("*.py")) == ["configuration_ifam.py", "modeling_ifam.py", "part_losses.py"]
+    code_files = sorted(p.name for p in folder.glob("*.py"))
+    assert code_files == ["configuration_ifam.py", "image_processing_ifam.py", "modeling_ifam.py", "part_losses.py",
+                          "pipeline_ifam.py"]
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForImageClassification"] == (
         "modeling_ifam.IFAMForImageClassification"
     )
@@ -105,14 +106,19 @@ def test_trust_remote_code_without_the_package(saved, tmp_path):
     assert {p["label"] for p in remote["pipeline"]} == {"cat", "dog", "bird"}
 
 
-def test_remote_code_imports_only_torch_and_transformers():
+def test_remote_code_imports_only_torch_transformers_numpy_and_pil():
     import ast
 
-    from modeling_ifam.remote_code import REMOTE_CODE_FILES
+    from pathlib import Path
 
-    allowed = {"torch", "transformers", "huggingface_hub", "math", "dataclasses", "typing", "__future__"}
-    for name, path in REMOTE_CODE_FILES.items():
-        tree = ast.parse(path.read_text())
+    import modeling_ifam
+
+    package = Path(modeling_ifam.__file__).parent
+    allowed = {"torch", "transformers", "huggingface_hub", "math", "dataclasses", "typing", "__future__", "io",
+               "numpy", "PIL"}
+    for name in ("configuration_ifam.py", "modeling_ifam.py", "part_losses.py", "pipeline_ifam.py",
+                 "image_processing_ifam.py"):
+        tree = ast.parse((package / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 roots = {alias.name.split(".")[0] for alias in node.names}
@@ -120,13 +126,7 @@ def test_remote_code_imports_only_torch_and_transformers():
                 roots = {node.module.split(".")[0]}
             else:
                 continue
-            inside_fallback = roots <= {"configuration_ifam"}  # the installed-package fallback of a relative import
-            assert inside_fallback or roots <= allowed, f"{name} imports {roots}"
-
-
-def test_write_remote_code_needs_a_saved_model(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        write_remote_code(tmp_path)
+            assert roots <= allowed, f"{name} imports {roots}"
 
 
 @pytest.mark.parametrize("with_registers", [False, True])

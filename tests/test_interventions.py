@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
-import push_to_hub
+from ifam_train import hub as push_to_hub
 from conftest import TINY_RUN, tiny_model
 from ifam_interventions import calibration, leave_one_out, pictures
 from ifam_interventions.calibration import calibrate_token_removal
@@ -66,7 +66,9 @@ def test_calibration_command_updates_the_folder(intervened):
     folder, _ = intervened
     model = IFAMForImageClassification.from_pretrained(folder)
     assert set(model.config.part_distance_thresholds) == {"90", "97", "99"}  # train.py's 97/99, then 90 and 99
-    assert json.loads((folder / "config.json").read_text())["auto_map"]  # still loadable with remote code
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoImageProcessor"] == "image_processing_ifam.IFAMImageProcessor"  # remote code
+    assert list(config["custom_pipelines"]) == ["ifam-explanation-remote-code"]  # the pipeline stays registered
     statistics = json.loads((folder / "part_statistics.json").read_text())
     assert statistics["percentiles"] == [90.0, 99.0] and len(statistics["parts"]) == 2
 
@@ -99,8 +101,9 @@ def test_push_to_hub_dry_run_folder_loads_everywhere(intervened, tmp_path):
     push_to_hub.main([str(folder), "--repo_id", "me/ifam-tiny", "--dry-run", "--output-dir", str(upload)])
     names = {p.name for p in upload.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_ifam.py",
-            "configuration_ifam.py", "part_losses.py", "part_statistics.json", "metrics.json",
-            "leave_one_out.json"} <= names
+            "configuration_ifam.py", "part_losses.py", "pipeline_ifam.py", "image_processing_ifam.py",
+            "part_statistics.json", "metrics.json", "leave_one_out.json"} <= names
+    assert "custom_pipelines" in json.loads((upload / "config.json").read_text())
     assert not any(name.startswith("checkpoint") for name in names)
 
     card = (upload / "README.md").read_text()

@@ -7,10 +7,10 @@ import socket
 import numpy as np
 import pytest
 
-evaluate = pytest.importorskip("evaluate")
+import evaluate  # a dependency: a failing import must fail the suite, not skip it
 
-import ifam_metrics  # noqa: E402
-from ifam_metrics import METRIC_NAMES, load_metric  # noqa: E402
+import ifam_metrics
+from ifam_metrics import METRIC_NAMES, load_metric
 
 
 @pytest.fixture(scope="module")

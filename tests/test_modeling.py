@@ -216,7 +216,10 @@ def test_unknown_argument_is_refused(model):
     ],
 )
 def test_config_validation(overrides, match):
-    with pytest.raises(Exception, match=match):
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    # `@strict` wraps the ValueError of `validate_ifam` in its own class-validation error
+    with pytest.raises(StrictDataclassClassValidationError, match=match):
         tiny_config(**overrides)
 
 
@@ -294,7 +297,8 @@ def test_packed_training_gives_the_same_loss_and_gradients(pixel_values):
         outputs = model(pixel_values, labels=labels)
         assert 0 < outputs.token_mask.sum() < outputs.token_mask.numel()
         outputs.loss.backward()
-        gradients[mode] = (outputs.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        gradients[mode] = (outputs.loss.detach(), grads)
     (loss_masked, masked), (loss_packed, packed) = gradients["masked"], gradients["packed"]
     torch.testing.assert_close(loss_packed, loss_masked, atol=1e-5, rtol=0)
     assert masked.keys() == packed.keys() and "stage1.prototypes" in masked

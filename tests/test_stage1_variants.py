@@ -1,11 +1,13 @@
 """A cheaper stage 1 (issue 16): stage 1 at its own resolution (`stage1_image_size`) and on its own, smaller backbone
-(`stage1_config`, `from_dinov2(..., stage1=)`). The guarantee concerns stage 2's input only, so it must hold as before."""
+(`stage1_config`, `from_dinov2(..., stage1=)`). The guarantee concerns stage 2's input only, so it must hold as
+before."""
 
 import json
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -13,7 +15,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, Dinov2Conf
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from conftest import TINY, tiny_config, tiny_model
-from modeling_ifam import IFAMConfig, IFAMForImageClassification, write_remote_code
+from modeling_ifam import IFAMConfig, IFAMForImageClassification
 from modeling_ifam.modeling_ifam import resize_part_outputs
 
 
@@ -157,15 +159,24 @@ def test_stage1_selection_is_faithful(name, images):
 
 @pytest.mark.parametrize("name", ["half", "small_half"])
 def test_fixed_stage1_output_makes_outside_pixels_irrelevant(name, images, monkeypatch):
-    """Holding stage 1's output fixed (no `token_mask` given): NaN outside the selection leaves the logits unchanged."""
+    """
+    Holding stage 1's output fixed (no `token_mask` given): other pixels outside the selection leave the logits
+    unchanged. Random ones here: NaN pixels without a `token_mask` are refused at the front door (issue 17's input
+    checks, which cannot know stage 1's selection before running it); NaN with the mask is tested above.
+    """
     model = variant_model(name)
     outputs = model(images)
     fixed = model.stage1(images)
     monkeypatch.setattr(model.stage1, "forward", lambda pixel_values: fixed)
-    poisoned = torch.where(patch_pixel_mask(outputs.token_mask), images, torch.tensor(float("nan")))
-    again = model(poisoned)
+    noise = 4 * torch.randn(images.shape, generator=torch.Generator().manual_seed(3))
+    perturbed = torch.where(patch_pixel_mask(outputs.token_mask), images, noise)
+    assert not torch.equal(perturbed, images)
+    again = model(perturbed)
     torch.testing.assert_close(again.token_mask, outputs.token_mask)
     torch.testing.assert_close(again.logits, outputs.logits, atol=1e-5, rtol=0)
+    poisoned = torch.where(patch_pixel_mask(outputs.token_mask), images, torch.tensor(float("nan")))
+    with pytest.raises(ValueError, match="non-finite"):
+        model(poisoned)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -264,7 +275,7 @@ def test_defaults_are_the_paper():
 
 def test_pixel_values_must_tile_stage1_patches_at_full_resolution():
     model = tiny_model(image_size=IMAGE, stage1_config=dict(SMALL_STAGE1, patch_size=4, image_size=28))
-    with pytest.raises(ValueError, match="multiple of the patch size 28"):
+    with pytest.raises(ValueError, match="multiple of stage 1.s patch size 4"):
         model(torch.randn(1, 3, 42, 42))  # 6 x 6 stage-2 patches, but 10.5 stage-1 patches
     model(torch.randn(1, 3, IMAGE, IMAGE))
 
@@ -272,11 +283,12 @@ def test_pixel_values_must_tile_stage1_patches_at_full_resolution():
 REMOTE_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    for name in ("modeling_ifam", "configuration_ifam", "part_losses"):
-        sys.modules[name] = None
+    for name in ("modeling_ifam", "configuration_ifam", "part_losses", "pipeline_ifam", "image_processing_ifam"):
+        sys.modules[name] = None  # the package cannot be imported in this process
     import torch
     from transformers import AutoModelForImageClassification
     model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     pixel_values = torch.load(sys.argv[2])
     with torch.no_grad():
         outputs = model(pixel_values)
@@ -311,7 +323,8 @@ def test_save_load_auto_classes_and_remote_code(images, tmp_path):
     assert eager.stage1.backbone.config._attn_implementation == "eager"
     torch.testing.assert_close(eager(images).logits, expected.logits, atol=1e-5, rtol=0)
 
-    write_remote_code(folder)
+    # save_pretrained copied the code beside the weights (relative imports, register_for_auto_class)
+    assert (folder / "modeling_ifam.py").is_file() and (folder / "configuration_ifam.py").is_file()
     torch.save(images, tmp_path / "images.pt")
     result = subprocess.run(
         [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "images.pt")],
@@ -359,3 +372,123 @@ def test_converter_refuses_a_separate_stage1_backbone_clearly():
     config = tiny_config(stage1_config=SMALL_STAGE1)
     with pytest.raises(NotImplementedError, match="separate stage-1 backbone"):
         convert_reference_state_dict({}, config)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the explanation's consumers on stage 2's grid: post-processing, the pipeline, the part evaluation, training
+
+
+def test_post_process_part_maps_draws_both_maps_on_stage2_grid(images):
+    """Stage 1 at half the side: `segmentation` is the argmax on stage 2's grid, the one that made the stage-2 mask."""
+    from modeling_ifam import IFAMImageProcessorPil
+
+    model = variant_model("half").eval()
+    with torch.no_grad():
+        outputs = model(images)
+    assert outputs.part_maps.shape[-2:] == (GRID // 2, GRID // 2)
+    geometry = IFAMImageProcessorPil(do_resize=False, do_center_crop=False)
+    maps = geometry.post_process_part_maps(outputs, target_sizes=[(IMAGE, IMAGE)] * len(images))
+    on_grid, _ = resize_part_outputs(outputs.part_maps, None, (GRID, GRID))
+    expected = F.interpolate(on_grid.argmax(1, keepdim=True).float(), scale_factor=PATCH, mode="nearest")[:, 0].long()
+    num_parts = model.config.num_parts
+    for index, result in enumerate(maps):
+        assert torch.equal(result["stage2_mask"], patch_pixel_mask(outputs.token_mask)[index, 0])
+        assert torch.equal(result["segmentation"], expected[index])
+        assert torch.equal(result["segmentation"] != num_parts, result["stage2_mask"])  # no part dropped
+    # the paper's layout is unchanged: the part maps' own grid
+    same = tiny_model(image_size=IMAGE).eval()
+    with torch.no_grad():
+        plain = same(images)
+    result = geometry.post_process_part_maps(plain, target_sizes=[(IMAGE, IMAGE)] * len(images))[0]
+    expected = F.interpolate(plain.part_maps.argmax(1, keepdim=True).float(), scale_factor=PATCH, mode="nearest")
+    assert torch.equal(result["segmentation"], expected[0, 0].long())
+
+
+def test_explanation_pipeline_with_stage1_at_its_own_resolution(tmp_path):
+    from PIL import Image
+    from transformers import pipeline
+
+    from modeling_ifam import IFAMImageProcessor
+    from modeling_ifam.pipeline_ifam import TASK
+
+    model = variant_model("small_half").eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor = IFAMImageProcessor(size={"shortest_edge": 64}, crop_size={"height": IMAGE, "width": IMAGE})
+    processor.save_pretrained(folder)
+    explain = pipeline(TASK, model=str(folder), device="cpu")
+    array = torch.randint(0, 256, (60, 80, 3), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    image = Image.fromarray(array.numpy())
+    result = explain(image)
+    stage2 = torch.from_numpy(np.asarray(result["stage2_mask"]) > 0)
+    assert stage2.shape == (60, 80)
+    foreground = torch.zeros_like(stage2)
+    for part in result["parts"][:-1]:
+        foreground |= torch.from_numpy(np.asarray(part["mask"]) > 0)
+    assert torch.equal(foreground, stage2)  # the parts drawn are the ones that made the mask
+    # the model's own token mask for that input: its fraction of the crop is the pipeline's (up to pixel rounding)
+    inputs = processor(image, return_tensors="pt")
+    with torch.no_grad():
+        token_mask = model(**inputs).token_mask
+    assert token_mask.shape == (1, GRID * GRID)
+    assert 0 < token_mask.sum() < token_mask.numel()
+    inside = 1 - result["outside_fraction"]
+    assert abs(result["stage2_fraction"] - token_mask.float().mean().item() * inside) < 0.02
+
+
+def test_token_removal_rows_of_the_part_evaluation_on_stage2_grid(images):
+    from ifam_interventions.evaluate_parts import maps_after_token_removal
+
+    model = variant_model("half").eval()
+    with torch.no_grad():
+        stage1 = model.stage1(images)
+        maps, distances = model.part_maps_on_grid(stage1, (GRID, GRID))
+    assignment = maps.flatten(2).argmax(1)
+    distance = distances.flatten(2).gather(1, assignment[:, None]).squeeze(1)
+    levels = [float(distance[assignment == k].median()) if (assignment == k).any() else float("inf")
+              for k in range(model.config.num_parts)]
+    model.config.part_distance_thresholds = {"50": levels}
+    kept, visible = maps_after_token_removal(model, stage1, None, (GRID, GRID))
+    assert kept is stage1.part_maps and visible.shape == (4, GRID * GRID)  # NMI/ARI/Kp read stage 1's own maps
+    removed_maps, visible = maps_after_token_removal(model, stage1, torch.tensor(levels), (GRID, GRID))
+    with torch.no_grad():
+        assert torch.equal(visible, model(images, token_removal_percentile=50).token_mask)  # what stage 2 sees
+    assert removed_maps.shape[-2:] == (GRID, GRID)
+    removed = (assignment != model.config.num_parts) & ~visible
+    assert removed.any() and visible.any()
+    flat, before = removed_maps.flatten(2).transpose(1, 2), maps.flatten(2).transpose(1, 2)
+    assert (flat[removed][:, -1] == 1).all() and torch.equal(flat[~removed], before[~removed])
+
+
+def test_train_calibrate_and_evaluate_parts_with_stage1_at_half_resolution(tmp_path):
+    """`ifam-train --stage1_image_size`, then calibration and `evaluate_parts` (NMI, ARI, Kp, fg mIoU) on its folder."""
+    from conftest import TINY_RUN, run_training
+    from ifam_interventions import calibration, evaluate_parts
+
+    folder = tmp_path / "run"
+    run_training(folder, "--image_size", str(IMAGE), "--stage1_image_size", str(IMAGE // 2))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["stage1_image_size"] == IMAGE // 2 and config["image_size"] == IMAGE
+    data = ["--model_name_or_path", str(folder), *TINY_RUN[:6], "--image_size", str(IMAGE)]
+    calibration.main([*data, "--percentiles", "90"])
+    rows = evaluate_parts.main([*data, "--split", "test", "--output_dir", str(tmp_path / "out")])
+    assert [row["percentile"] for row in rows][:2] == [None, 90.0]
+    for row in rows:
+        assert 0 <= row["nmi"] <= 1 and -1 <= row["ari"] <= 1 and 0 <= row["fg_miou"] <= 1
+        assert row["keypoint_regression_error"] >= 0
+
+
+def test_train_refuses_stage1_options_it_cannot_apply(tmp_path):
+    from ifam_train import train
+
+    with pytest.raises(ValueError, match="needs `--model_name_or_path`"):
+        train.main(["--stage1_model_name_or_path", "facebook/dinov2-small", "--output_dir", str(tmp_path)])
+
+
+def test_loss_grid_check_reads_stage1_grid(images):
+    """The part losses are on stage 1's grid: with labels, that grid (not stage 2's 8 x 8) must be at least 4 x 4."""
+    model = tiny_model(image_size=IMAGE, stage1_image_size=14).train()  # stage 1: 2 x 2 patches
+    with pytest.raises(ValueError, match=r"stage1_image_size. 14x14\) gives a 2x2 patch grid"):
+        model(images, labels=torch.tensor([0, 1, 2, 0]))
+    model.eval()
+    assert model(images).token_mask.shape == (4, GRID * GRID)  # inference needs no part loss

@@ -66,14 +66,16 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path):
         run(tmp_path, "--resume_from_checkpoint", "latest")
 
 
-def test_options_from_a_config_file(tmp_path):
+def test_options_from_a_config_file(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("num_parts: 5\nhead_learning_rate: 0.5\nper_device_train_batch_size: 4\n")
-    args = parse_args(["--config", str(config), "--num_parts", "3"])
+    _, args = parse_args(["--config", str(config), "--num_parts", "3"])
     assert (args.num_parts, args.head_learning_rate, args.per_device_train_batch_size) == (3, 0.5, 4)
     (tmp_path / "bad.json").write_text(json.dumps({"num_part": 2}))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         parse_args(["--config", str(tmp_path / "bad.json")])
+    assert exit_info.value.code == 2  # argparse's usage error, with the message naming the unknown option
+    assert "sets unknown options ['num_part']" in capsys.readouterr().err
 
 
 def test_recipe_freezes_stage1_backbone_but_its_tokens():

@@ -1,14 +1,22 @@
 """Configuration of iFAM (Inherently Faithful Attention Maps for Vision Transformers).
 
-This module is copied to the Hub for ``trust_remote_code`` users: it imports only torch-free transformers pieces.
+`save_pretrained` copies this module beside the weights for ``trust_remote_code`` users: it imports only transformers
+(and huggingface_hub's `strict`, which transformers depends on).
 """
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, Dinov2Config, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.models.dinov2_with_registers import Dinov2WithRegistersConfig
 
 # The DINOv2 variants a separate stage-1 backbone may be (`stage1_config["model_type"]`).
 STAGE1_BACKBONE_TYPES = ("dinov2", "dinov2_with_registers")
+
+# The backbone's architecture: what a DINOv2(-with-registers) config adds to every config, but its backbone-API outputs.
+_DINOV2_OPTIONS = (
+    set(Dinov2WithRegistersConfig.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    - {"_out_features", "_out_indices"}
+)
 
 
 @strict
@@ -65,7 +73,8 @@ class IFAMConfig(Dinov2Config):
             `None` (the paper): stage 1's backbone is the same architecture as stage 2's (this config's DINOv2
             options). Otherwise the DINOv2 (`model_type="dinov2"`) or DINOv2-with-registers config of a separate
             stage-1 backbone, of any width, depth, patch size or register count (e.g. DINOv2-small for stage 1 with
-            DINOv2-base for stage 2). It is saved nested in `config.json`. `from_dinov2(..., stage1=checkpoint)` fills it.
+            DINOv2-base for stage 2). It is saved nested in `config.json`. `from_dinov2(..., stage1=checkpoint)` fills
+            it.
         *_loss_weight (`float`):
             Weights of the training objective. A weight of 0 turns a term off. Defaults follow the reference recipe:
             stage-1 and stage-2 classification 1, presence 1, equivariance 1, orthogonality 1, total variation 1,
@@ -74,7 +83,7 @@ class IFAMConfig(Dinov2Config):
     Example:
 
     ```python
-    >>> from configuration_ifam import IFAMConfig
+    >>> from modeling_ifam import IFAMConfig
     >>> config = IFAMConfig(num_parts=4, num_labels=2, hidden_size=384, num_attention_heads=6)
     ```"""
 
@@ -123,7 +132,8 @@ class IFAMConfig(Dinov2Config):
     def loss_weights(self) -> dict[str, float]:
         """The weights of the training objective, keyed by the term's name (`presence`, `equivariance`, ...)."""
         suffix = "_loss_weight"
-        return {name[: -len(suffix)]: getattr(self, name) for name in self.__dataclass_fields__ if name.endswith(suffix)}
+        names = [name for name in self.__dataclass_fields__ if name.endswith(suffix)]
+        return {name[: -len(suffix)]: getattr(self, name) for name in names}
 
     def validate_ifam(self):
         """Part of `@strict` validation: the iFAM options."""
@@ -136,7 +146,9 @@ class IFAMConfig(Dinov2Config):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
         if self.stage2_inference not in ("packed", "padded", "masked"):
-            raise ValueError(f"`stage2_inference` must be 'packed', 'padded' or 'masked', got {self.stage2_inference!r}.")
+            raise ValueError(
+                f"`stage2_inference` must be 'packed', 'padded' or 'masked', got {self.stage2_inference!r}."
+            )
         if self.stage2_training not in ("masked", "packed"):
             raise ValueError(f"`stage2_training` must be 'masked' or 'packed', got {self.stage2_training!r}.")
         if self.stage2_training == "packed" and self.drop_path_rate > 0:
@@ -159,21 +171,22 @@ class IFAMConfig(Dinov2Config):
                     f"foreground part ({self.num_parts})."
                 )
         if self.token_removal_percentile is not None and self.thresholds_for(self.token_removal_percentile) is None:
-            raise ValueError(
-                f"`token_removal_percentile={self.token_removal_percentile}` has no calibrated thresholds; "
-                f"calibrated percentiles: {sorted(self.part_distance_thresholds)}."
-            )
+            raise self.missing_thresholds_error([self.token_removal_percentile])
         if not isinstance(self.patch_size, int):
             raise ValueError(f"iFAM needs square patches: `patch_size` must be an int, got {self.patch_size}.")
         if not isinstance(self.image_size, int):
-            raise ValueError(f"`image_size` must be an int (the side of the square position table), got {self.image_size}.")
+            raise ValueError(
+                f"`image_size` must be an int (the side of the square position table), got {self.image_size}."
+            )
         if self.image_size % self.patch_size:
-            raise ValueError(f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size}).")
+            raise ValueError(
+                f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})."
+            )
         stage1 = self.stage1_backbone_config
         if self.stage1_config is not None:
             if stage1.model_type not in STAGE1_BACKBONE_TYPES:
-                raise ValueError(f"`stage1_config` must be a DINOv2 config (model_type in {STAGE1_BACKBONE_TYPES}), got "
-                                 f"model_type={stage1.model_type!r}.")
+                raise ValueError(f"`stage1_config` must be a DINOv2 config (model_type in {STAGE1_BACKBONE_TYPES}), "
+                                 f"got model_type={stage1.model_type!r}.")
             if not isinstance(stage1.patch_size, int) or not isinstance(stage1.image_size, int):
                 raise ValueError("`stage1_config` needs an int `patch_size` and `image_size` (square patches and "
                                  f"position table), got {stage1.patch_size} and {stage1.image_size}.")
@@ -184,6 +197,50 @@ class IFAMConfig(Dinov2Config):
             if self.stage1_image_size % stage1.patch_size:
                 raise ValueError(f"`stage1_image_size` ({self.stage1_image_size}) must be a multiple of stage 1's "
                                  f"`patch_size` ({stage1.patch_size}).")
+
+    @staticmethod
+    def dinov2_options(dinov2_config: PreTrainedConfig | dict) -> dict:
+        """
+        The backbone options (size, patch size, position table, SwiGLU, registers, ...) of a DINOv2,
+        DINOv2-with-registers or iFAM config (or its `to_dict()`), as `IFAMConfig` keyword arguments.
+
+        Args:
+            dinov2_config (`PreTrainedConfig` or `dict`):
+                The backbone's configuration.
+
+        Returns:
+            `dict`: the options, with `num_register_tokens` (0 for plain DINOv2).
+        """
+        values = dinov2_config if isinstance(dinov2_config, dict) else dinov2_config.to_dict()
+        options = {name: value for name, value in values.items() if name in _DINOV2_OPTIONS}
+        options.setdefault("num_register_tokens", 0)
+        return options
+
+    @classmethod
+    def from_dinov2_config(cls, dinov2_config: PreTrainedConfig | dict, **kwargs) -> "IFAMConfig":
+        """
+        An `IFAMConfig` whose backbone options come from a DINOv2 (or DINOv2-with-registers, or iFAM) config.
+
+        Args:
+            dinov2_config (`PreTrainedConfig` or `dict`):
+                The backbone's configuration (see `dinov2_options`).
+            kwargs:
+                iFAM options (`num_parts=`, `id2label=`, ...); they override the inherited ones.
+
+        Returns:
+            `IFAMConfig`
+        """
+        return cls(**{**cls.dinov2_options(dinov2_config), **kwargs})
+
+    def missing_thresholds_error(self, percentiles: list[float]) -> ValueError:
+        """The error for token removal asked at `percentiles` that have no calibrated thresholds (the one message)."""
+        plural = "s" if len(percentiles) > 1 else ""
+        listed = ", ".join(f"{float(q):g}" for q in percentiles)
+        return ValueError(
+            f"No token-removal thresholds for percentile{plural} {listed}: the config has no calibrated thresholds for "
+            f"{'them' if plural else 'it'} (calibrated: {sorted(self.part_distance_thresholds, key=float)}). Calibrate "
+            "first (`ifam-calibrate` or `python -m ifam_interventions.calibration`)."
+        )
 
     def thresholds_for(self, percentile: float) -> list[float] | None:
         """The calibrated thresholds of `percentile` (`97`, `97.0` and `"97"` are the same key), or `None`."""
