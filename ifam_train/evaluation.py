@@ -20,6 +20,7 @@ def predict(
     gives stage 2 a fixed selection instead of stage 1's (`given_token_mask`).
     """
     model.eval()
+    patch_size = accelerator.unwrap_model(model).config.patch_size  # stage 2's (a wrapped model has no `config`)
     collected: dict[str, list] = {}
 
     def keep(name, tensor):
@@ -27,7 +28,7 @@ def predict(
 
     for batch in dataloader:
         if token_mask_source != "stage1":
-            forward_kwargs["token_mask"] = given_token_mask(token_mask_source, batch, model.config.patch_size)
+            forward_kwargs["token_mask"] = given_token_mask(token_mask_source, batch, patch_size)
         outputs = model(pixel_values=batch["pixel_values"], **forward_kwargs)
         keep("predictions", outputs.logits.argmax(-1))
         keep("scores", outputs.logits.float().softmax(-1))
@@ -40,7 +41,7 @@ def predict(
             keep("coverage", token_mask.float().mean(-1))
             if "mask" in batch:
                 height, width = batch["mask"].shape[-2:]
-                side = [size // model.config.patch_size for size in batch["pixel_values"].shape[-2:]]  # stage 2's grid
+                side = [size // patch_size for size in batch["pixel_values"].shape[-2:]]  # stage 2's grid
                 grid = token_mask.view(-1, 1, *side).float()
                 keep("predicted_masks", F.interpolate(grid, size=(height, width), mode="nearest")[:, 0].bool())
                 keep("reference_masks", batch["mask"])
