@@ -94,6 +94,8 @@ def parse(argv=None):
                         help="(regime, seed) pairs trained at once, in separate processes sharing the CPU cores "
                         "(measured on 2 cores: two one-thread processes finish the same runs in 26%% less time than "
                         "one).")
+    parser.add_argument("--finished_only", "--finished-only", action="store_true",
+                        help="Train nothing: aggregate the runs that have finished (a row's seeds are those it has).")
     parser.add_argument("--work_dir", "--work-dir", type=Path, default=ROOT / "outputs" / "experiments")
     parser.add_argument("--output_dir", "--output-dir", "--results_dir", dest="results_dir", type=Path,
                         default=ROOT / "results", help="Where the JSON and Markdown tables go.")
@@ -132,9 +134,13 @@ def pretrained_backbone(args, regime: str, seed: int) -> str:
     return str(folder)
 
 
-def run(args, regime: str, seed: int, name: str, options: list[str]) -> Path:
+def run_folder(args, regime: str, seed: int, name: str) -> Path:
     slug = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-    folder = args.work_dir / regime / f"seed{seed}" / slug
+    return args.work_dir / regime / f"seed{seed}" / slug
+
+
+def run(args, regime: str, seed: int, name: str, options: list[str]) -> Path:
+    folder = run_folder(args, regime, seed, name)
     if not (folder / "metrics.json").is_file():
         backbone = "scratch" if args.backbone == "scratch" else pretrained_backbone(args, regime, seed)
         start = ["--model_name_or_path", backbone]
@@ -162,6 +168,8 @@ def rows_for_seed(args, regime: str, seed: int) -> dict[str, dict]:
         variants = [(f"iFAM K={part}", part, ["--num_parts", str(part)]) for part in args.parts] if name == "iFAM" \
             else [(name, k, options)]
         for label, parts, opts in variants:
+            if args.finished_only and not (run_folder(args, regime, seed, label) / "metrics.json").is_file():
+                continue
             folder = run(args, regime, seed, label, opts)
             metrics = json.loads((folder / "metrics.json").read_text())["test"]
             if label.startswith("PDiscoFormer"):  # the stage-1 prediction
@@ -220,9 +228,10 @@ def intervention_rows(args, regime, seed, label, parts, folder, accelerator) -> 
 
 def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
     rows = []
-    for method in per_seed[0]:
-        runs = [seed_rows[method] for seed_rows in per_seed]
-        row = {"method": method, "K": runs[0]["K"]}
+    methods = list(dict.fromkeys(method for seed_rows in per_seed for method in seed_rows))
+    for method in methods:
+        runs = [seed_rows[method] for seed_rows in per_seed if method in seed_rows]
+        row = {"method": method, "K": runs[0]["K"], "seeds": len(runs)}
         for metric in METRICS + PART_METRICS:
             values = [r[metric] for r in runs if metric in r]
             if values:
@@ -234,9 +243,10 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
 
 def markdown(table: dict[str, list[dict]], seeds: int) -> str:
     lines = []
-    header = ["method", "K", "average accuracy", "worst-group accuracy", "foreground mIoU", "NMI", "ARI", "Kp ↓"]
+    header = ["method", "K", "seeds", "average accuracy", "worst-group accuracy", "foreground mIoU", "NMI", "ARI",
+              "Kp ↓"]
     for regime, rows in table.items():
-        cells = [[row["method"], row["K"] if row["K"] is not None else "–"]
+        cells = [[row["method"], row["K"] if row["K"] is not None else "–", row.get("seeds", seeds)]
                  + [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS + PART_METRICS]
                  for row in rows]
         lines += [f"### Regime `{regime}` ({seeds} seed{'s' * (seeds > 1)}, test split, %)", "",
@@ -274,7 +284,7 @@ def with_reference_rows(table: dict[str, list[dict]]) -> dict[str, list[dict]]:
     out = {}
     for regime, rows in table.items():
         carried = [{**{k: v for k, v in row.items() if k != "regime"},
-                    "method": f"{row['method']} [masked-modelling backbone, previous table]"}
+                    "method": f"{row['method']} [masked-modelling backbone, previous table]", "seeds": 3}
                    for row in reference if row["regime"] == regime and row["method"] in REFERENCE_METHODS]
         out[regime] = rows + carried
     return out
