@@ -29,7 +29,6 @@ The object masks that the generator also returns are used only to *report* how g
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -39,11 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from transformers import Dinov2Config, Dinov2Model, get_scheduler
 
-from ifam_data.upstream import SHAPES, make_upstream_images  # noqa: E402
-from transformers import Dinov2Config, Dinov2Model, get_scheduler  # noqa: E402
+from ifam_data.upstream import SHAPES, make_upstream_images
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
 from transformers import Dinov2Model, HfArgumentParser
 
 from ifam_data.synthetic import mask_to_token_mask
@@ -75,23 +76,10 @@ def predict(probe, standardise, inputs):
         return probe((inputs - standardise[0]) / standardise[1]).argmax(-1)
 
 
-def kmeans(inputs: torch.Tensor, k: int = 2, iterations: int = 50, restarts: int = 5, seed: int = 0):
-    """Plain Lloyd k-means (k-means++ seeding, best of `restarts` by inertia) -> centres [k, D]."""
-    generator = torch.Generator().manual_seed(seed)
-    best, best_inertia = None, float("inf")
-    for _ in range(restarts):
-        centres = inputs[torch.randint(len(inputs), (1,), generator=generator)]
-        while len(centres) < k:
-            distance = torch.cdist(inputs, centres).min(1).values.pow(2)
-            centres = torch.cat([centres, inputs[torch.multinomial(distance / distance.sum(), 1, generator=generator)]])
-        for _ in range(iterations):
-            assignment = torch.cdist(inputs, centres).argmin(1)
-            centres = torch.stack([inputs[assignment == c].mean(0) if (assignment == c).any() else centres[c]
-                                   for c in range(k)])
-        inertia = torch.cdist(inputs, centres).min(1).values.pow(2).sum().item()
-        if inertia < best_inertia:
-            best, best_inertia = centres, inertia
-    return best
+def kmeans(inputs: torch.Tensor, k: int = 2, restarts: int = 5, seed: int = 0) -> torch.Tensor:
+    """scikit-learn's k-means (k-means++ seeding, best of `restarts` by inertia) -> centres [k, D]."""
+    fitted = KMeans(n_clusters=k, n_init=restarts, random_state=seed).fit(inputs.double().numpy())
+    return torch.from_numpy(fitted.cluster_centers_).to(inputs.dtype)
 
 
 def cluster_iou(clusters: torch.Tensor, truth: torch.Tensor, foreground_cluster: int) -> float:

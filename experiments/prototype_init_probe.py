@@ -11,19 +11,14 @@ prototype apart from the foreground ones: whichever prototype lies closest to th
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-
-from ifam_data.synthetic import mask_to_token_mask  # noqa: E402
-from ifam_train.data import dinov2_processor, eval_dataloader  # noqa: E402
-from modeling_ifam import IFAMForImageClassification  # noqa: E402
-from synthetic import benchmark  # noqa: E402
+from ifam_data.synthetic import mask_to_token_mask
+from ifam_train.arguments import DataArguments
+from ifam_train.data import eval_dataloader, load_training_data
+from modeling_ifam import IFAMForImageClassification, dinov2_image_processor
 
 
 @torch.no_grad()
@@ -49,12 +44,14 @@ def main(argv=None):
     parser.add_argument("--init_seeds", type=int, default=20)
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--data_init", action="store_true",
-                        help="Also initialise the prototypes from the data (IFAMForImageClassification."
-                        "initialize_prototypes_from_features, if the model has it).")
+                        help="Initialise the prototypes from the first 256 training images "
+                        "(IFAMForImageClassification.initialize_prototypes, as train.py does).")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
-    data = benchmark(args.regime, 3000, args.seed)["validation"]
-    batch = next(iter(eval_dataloader(data, dinov2_processor(56), 256)))
+    data = load_training_data(DataArguments(synthetic_regime=args.regime, synthetic_num_train=3000), seed=args.seed)
+    processor = dinov2_image_processor(56)
+    batch = next(iter(eval_dataloader(data["validation"], processor, 256)))
+    train_images = next(iter(eval_dataloader(data["train"].select(range(256)), processor, 256)))["pixel_values"]
     foreground = mask_to_token_mask(batch["mask"], 7)
     report = {}
     for parts in args.parts:
@@ -63,9 +60,7 @@ def main(argv=None):
             torch.manual_seed(init_seed)
             model = IFAMForImageClassification.from_dinov2(args.backbone, num_parts=parts, id2label={0: "a", 1: "b"})
             if args.data_init:
-                from prototype_init import initialize_prototypes_from_features
-
-                initialize_prototypes_from_features(model.stage1, batch["pixel_values"])
+                model.initialize_prototypes(train_images, seed=init_seed)
             rows.append(background_shares(model, batch["pixel_values"], foreground))
         flips = sum(obj > 50 for obj, _ in rows)
         report[f"K={parts}"] = {"object_to_background_%": [round(r[0], 1) for r in rows],

@@ -257,7 +257,7 @@ def _render(n: int, size: int, rng: np.random.Generator, noise_std: float) -> Di
         t = _texture("blotch" if name == "multicolour_blotch" else name, len(idx), size, rng, xx, yy)[..., None]
         c1, c2 = _two_colours(rng, len(idx), bg_hue[idx])
         if name == "multicolour_blotch":  # a third, unrelated colour through a second smooth field
-            m = len(idx)
+            m = len(idx)  # not `n`: the chunk's image count is still needed below
             c3 = hsv_to_rgb(rng.uniform(0, 1, m), rng.uniform(0.3, 0.9, m), rng.uniform(0.4, 0.95, m))
             t2 = _texture("blotch", m, size, rng, xx, yy)[..., None] * rng.uniform(0.5, 1, m)[:, None, None, None]
             bg[idx] = (c1[:, None, None] * (1 - t) + c2[:, None, None] * t) * (1 - t2) + c3[:, None, None] * t2

@@ -72,13 +72,40 @@ class DataArguments:
         return cls(**{name: vars(namespace).pop(name) for name in cls.__dataclass_fields__})
 
 
+# The main job's backbone (issue 12). It ships in the repository (pretrained/), not in the Python packages: a path
+# relative to the repository root, resolved by `resolve_model_name_or_path`.
+DEFAULT_BACKBONE = "pretrained/dinov2-tiny-upstream"
+REPOSITORY = Path(__file__).resolve().parents[1]
+SCRATCH = ("scratch", "none")
+
+
+def resolve_model_name_or_path(value: str | None) -> str | None:
+    """
+    `None` for a from-scratch model ('scratch', 'none' or `None`); the default backbone's folder in the repository
+    (next to the `ifam_train` package: a checkout, `pip install -e .`, or `PYTHONPATH`), whatever the working directory;
+    any other value unchanged (a hub id or a folder, relative to the working directory as transformers reads it).
+    """
+    if value is None or value.lower() in SCRATCH:
+        return None
+    if value != DEFAULT_BACKBONE or Path(value, "config.json").is_file():
+        return value
+    folder = REPOSITORY / DEFAULT_BACKBONE
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"The default backbone {DEFAULT_BACKBONE} ships in the ifam repository, not in the installed package, and "
+            f"is not at {folder}. Run from a checkout (pip install -e .), or pass --model_name_or_path <a DINOv2 "
+            "folder or hub id>, or --model_name_or_path scratch."
+        )
+    return str(folder)
+
+
 def build_parser() -> HfArgumentParser:
     """The training command line: `DataArguments`, then the model, optimisation and run options."""
     parser = HfArgumentParser(
         DataArguments,
         description="Train iFAM with Accelerate. `ifam-train` (or `python train.py`) with no option trains a small "
-        "model from scratch on the built-in synthetic benchmark. Every option can also come from --config (YAML or "
-        "JSON).",
+        "iFAM from the repository's pretrained/dinov2-tiny-upstream on the built-in synthetic benchmark. Every option "
+        "can also come from --config (YAML or JSON).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", type=str, default=None,
@@ -87,9 +114,12 @@ def build_parser() -> HfArgumentParser:
                         const="off", help="Same as --verify_images off.")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", type=str, default=None,
-                       help="A DINOv2 hub id/folder (both stages start from it) or an iFAM checkpoint to fine-tune. "
-                       "Default: a small DINOv2-architecture model trained from scratch.")
+    model.add_argument("--model_name_or_path", type=str, default=DEFAULT_BACKBONE,
+                       help="A DINOv2 hub id/folder (both stages start from it) or an iFAM checkpoint to fine-tune; "
+                       "'scratch': a small DINOv2-architecture model (hidden 64, 4 layers) trained from scratch. "
+                       f"Default: the repository's {DEFAULT_BACKBONE} (a small DINOv2 pretrained once on generated "
+                       "images, issue 12), found next to the installed ifam_train package, so from any directory of a "
+                       "checkout or an editable install.")
     model.add_argument("--model_type", choices=["ifam", "dinov2"], default="ifam",
                        help="dinov2: the single-pass baseline, transformers' Dinov2ForImageClassification (ERM).")
     model.add_argument("--token_mask_source", choices=["stage1", "ground_truth", "center"], default="stage1",
@@ -104,6 +134,12 @@ def build_parser() -> HfArgumentParser:
                        help="Stage 1 sees the image resized to this side (a cheaper stage 1; default: the image's).")
     model.add_argument("--stage1_model_name_or_path", type=str, default=None,
                        help="Another DINOv2 checkpoint for stage 1 (e.g. a smaller one; with --model_name_or_path).")
+    model.add_argument("--prototype_init", choices=["auto", "data", "random"], default="auto",
+                       help="data: stage 1's background prototype from the border patches' features and the K part "
+                       "prototypes from a k-means of the rest, on the first --prototype_init_images training images "
+                       "(IFAMForImageClassification.initialize_prototypes); random: the default small uniform draw; "
+                       "auto: data when iFAM starts from a DINOv2 backbone, else random.")
+    model.add_argument("--prototype_init_images", type=int, default=256)
     model.add_argument("--freeze_stage1_backbone", action=argparse.BooleanOptionalAction, default=None,
                        help="Freeze stage 1's backbone but for its CLS, register and position tokens (default: on "
                        "from a pretrained backbone, off from scratch).")
@@ -115,11 +151,14 @@ def build_parser() -> HfArgumentParser:
     optim = parser.add_argument_group("optimization (the paper's recipe)")
     optim.add_argument("--per_device_train_batch_size", type=int, default=32)
     optim.add_argument("--per_device_eval_batch_size", type=int, default=64)
-    optim.add_argument("--num_train_epochs", type=int, default=8)
+    optim.add_argument("--num_train_epochs", type=int, default=4,
+                       help="4: the main job (`python train.py`) on 2 CPU cores; the paper trains 90 (Waterbirds).")
     optim.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument("--backbone_learning_rate", type=float, default=None,
-                       help="Backbone tokens and stage-2 layers at batch 16 (default 1e-6 pretrained, 1e-3 scratch).")
+                       help="Backbone tokens and stage-2 layers at batch 16 (default: 1e-3 from scratch, 1e-4 from the "
+                       f"default {DEFAULT_BACKBONE}, 1e-6, the paper's DINOv2 rate, from any other pretrained "
+                       "checkpoint).")
     optim.add_argument("--prototype_learning_rate", type=float, default=1e-3)
     optim.add_argument("--head_learning_rate", type=float, default=1e-2)
     optim.add_argument("--reference_batch_size", type=int, default=16,
@@ -134,6 +173,9 @@ def build_parser() -> HfArgumentParser:
     run.add_argument("--calibration_percentiles", type=float, nargs="*", default=[97.0, 99.0],
                      help="Calibrate the token-removal thresholds at these percentiles on the training split after "
                      "training (none: skip).")
+    run.add_argument("--num_picture_images", type=int, default=8,
+                     help="Write parts.png (part maps, stage-2 masks, interventions) of this many images of the last "
+                     "evaluation split with the model (0: none).")
     run.add_argument("--output_dir", type=str, default="outputs/synthetic")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--checkpointing_steps", type=str, default="epoch",
@@ -166,6 +208,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, argparse.N
             parser.error(f"--config {path} sets unknown options {unknown}")
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
+    args.uses_default_backbone = args.model_name_or_path == DEFAULT_BACKBONE
+    try:
+        args.model_name_or_path = resolve_model_name_or_path(args.model_name_or_path)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     if args.checkpointing_steps != "epoch" and not args.checkpointing_steps.isdigit():
         parser.error(f"--checkpointing_steps must be 'epoch' or a number, got {args.checkpointing_steps!r}")
     return DataArguments.from_namespace(args), args

@@ -92,6 +92,16 @@ def build_model(
     )
 
 
+def initialize_prototypes_from_data(args: argparse.Namespace) -> bool:
+    """Whether the run sets stage 1's prototypes from the data (`--prototype_init`; auto: when iFAM starts from a
+    DINOv2 backbone, whose features are worth splitting, and stage 1 chooses the patches)."""
+    if args.prototype_init != "auto":
+        return args.prototype_init == "data"
+    if args.model_name_or_path is None or args.token_mask_source != "stage1":
+        return False
+    return AutoConfig.from_pretrained(args.model_name_or_path).model_type != "ifam"
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Train, evaluate every split, calibrate, save; returns the metrics of every evaluation split."""
     data_args, args = parse_args(argv)
@@ -127,6 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
         freeze_stage1 = pretrained if args.freeze_stage1_backbone is None else args.freeze_stage1_backbone
         set_trainable(model, freeze_stage1_backbone=freeze_stage1, freeze_stage2_backbone=args.freeze_stage2_backbone)
     source = args.token_mask_source
+    if is_ifam and initialize_prototypes_from_data(args) and not args.resume_from_checkpoint:
+        # issue 12: the background prototype starts on the border patches' features, the K parts on the rest; from
+        # the first training images in their stored order (no randomness; a resumed run loads its prototypes instead)
+        images = data["train"].select(range(min(args.prototype_init_images, len(data["train"]))))
+        pixels = torch.cat([b["pixel_values"] for b in eval_dataloader(images, processor, args.prototype_init_images)])
+        model.initialize_prototypes(pixels, seed=args.seed)
 
     # a file that turns bad after the check is skipped with a warning, up to --max_skipped_images (issue 17)
     train_data = skip_unreadable_images(data["train"], BatchTransform(processor, train=True),
@@ -142,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Optimisation: AdamW over the recipe's groups, cosine schedule with warm-up, clipping, optional EMA
     effective_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    backbone_lr = args.backbone_learning_rate or (1e-6 if pretrained else 1e-3)
+    # 1e-3 from scratch; 1e-6, the paper's rate, for DINOv2; 1e-4 for the default backbone, a from-scratch-sized model
+    # pretrained briefly (at 1e-3 fine-tuning it sometimes never leaves chance: README, issue 12)
+    default_backbone = getattr(args, "uses_default_backbone", False)
+    backbone_lr = args.backbone_learning_rate or (1e-3 if not pretrained else 1e-4 if default_backbone else 1e-6)
     optimizer = torch.optim.AdamW(parameter_groups(
         model, backbone_lr, args.prototype_learning_rate, args.head_learning_rate, args.weight_decay,
         effective_batch, args.reference_batch_size,
@@ -251,6 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
         if statistics is not None:
             save_statistics(statistics, output_dir)
         processor.save_pretrained(output_dir)
+        if is_ifam and args.num_picture_images > 0 and eval_splits:
+            write_parts_picture(final, data[eval_splits[-1]], processor, output_dir / "parts.png",
+                                args.num_picture_images)
         if results:
             (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
         print(results_table(results) if results else guards.NO_EVALUATION)  # one line, not an empty table
@@ -260,6 +282,22 @@ def main(argv: list[str] | None = None) -> dict:
             publish(output_dir, repo_id=args.hub_model_id or output_dir.name, token=args.hub_token)
     accelerator.wait_for_everyone()
     return results
+
+
+def write_parts_picture(model: IFAMForImageClassification, split, processor, path: Path, num_images: int) -> Path:
+    """`parts.png` of a run: the split's first images, their part maps, the stage-2 mask, and the mask and prediction
+    with each part dropped and under each calibrated token-removal threshold (`ifam_interventions.pictures`)."""
+    from ifam_interventions.pictures import part_grid
+
+    images = split.select(range(min(num_images, len(split))))
+    batch = next(iter(eval_dataloader(images, processor, num_images)))
+    model = model.eval()
+    interventions = {f"drop part {k}": {"parts_to_drop": [k]} for k in range(model.config.num_parts)}
+    interventions.update({f"q={float(q):g}": {"token_removal_percentile": float(q)}
+                          for q in sorted(model.config.part_distance_thresholds or {}, key=float)})
+    device = next(model.parameters()).device
+    return part_grid(model, batch["pixel_values"].to(device), path, interventions, processor.image_mean,
+                     processor.image_std, labels=batch.get("labels"))
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, completed_steps: int) -> None:

@@ -45,7 +45,7 @@ def pixel_values():
 TINY_RUN = [
     "--synthetic_num_train", "64", "--image_size", "28", "--max_eval_samples", "16",
     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--max_train_steps", "4",
-    "--checkpointing_steps", "2", "--num_parts", "2",
+    "--checkpointing_steps", "2", "--num_parts", "2", "--model_name_or_path", "scratch",
 ]
 
 

@@ -482,7 +482,8 @@ def test_train_refuses_stage1_options_it_cannot_apply(tmp_path):
     from ifam_train import train
 
     with pytest.raises(ValueError, match="needs `--model_name_or_path`"):
-        train.main(["--stage1_model_name_or_path", "facebook/dinov2-small", "--output_dir", str(tmp_path)])
+        train.main(["--model_name_or_path", "scratch", "--stage1_model_name_or_path", "facebook/dinov2-small",
+                    "--output_dir", str(tmp_path)])
 
 
 def test_loss_grid_check_reads_stage1_grid(images):

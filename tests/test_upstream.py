@@ -1,19 +1,17 @@
 """The upstream image collection (ifam_data/upstream.py), its pretraining helpers, and the shipped backbone folder."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from experiments import pretrain_upstream
 from ifam_data import upstream
 from ifam_data.synthetic import BACKGROUND_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "pretrained" / "dinov2-tiny-upstream"
-sys.path.insert(0, str(ROOT / "experiments"))
-import pretrain_upstream  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +111,7 @@ def test_shipped_backbone_loads_everywhere():
 
 
 def test_kmeans_gate_measurement_reads_clusters_per_dataset():
-    import probe_features
+    from experiments import probe_features
 
     generator = torch.Generator().manual_seed(0)
     truth = torch.zeros(40, 16, dtype=torch.bool)
@@ -129,30 +127,3 @@ def test_kmeans_gate_measurement_reads_clusters_per_dataset():
     by_position[:, 5:] = 1
     assert probe_features.per_image_oracle_iou(by_position.flatten(), truth.flatten(), 16) == 100.0
 
-
-def test_data_dependent_prototype_initialisation_gives_the_border_to_the_background():
-    from types import SimpleNamespace
-
-    from prototype_init import initialize_prototypes_from_features
-
-    grid = torch.zeros(8, 8, dtype=torch.bool)
-    grid[2:6, 2:6] = True  # the "object": the central 4 x 4 patches
-    features = torch.where(grid.flatten()[:, None], torch.tensor([0.0, 4.0]), torch.tensor([4.0, 0.0]))
-    features = features + 0.01 * torch.randn(3, 64, 2, generator=torch.Generator().manual_seed(0))
-
-    class Backbone(torch.nn.Module):
-        def forward(self, pixel_values):
-            cls = torch.zeros(len(pixel_values), 1, 2)
-            return SimpleNamespace(last_hidden_state=torch.cat([cls, features[: len(pixel_values)]], 1))
-
-    stage1 = torch.nn.Module()
-    stage1.config = SimpleNamespace(num_register_tokens=0)
-    stage1.backbone = Backbone()
-    stage1.prototypes = torch.nn.Parameter(torch.zeros(3, 2))  # K = 2 foreground + background (last)
-    initialize_prototypes_from_features(stage1, torch.zeros(3, 3, 56, 56))
-    distances = torch.cdist(features.reshape(-1, 2), stage1.prototypes.detach())
-    assignment = distances.argmin(1).view(3, 64)
-    border = torch.ones(8, 8, dtype=torch.bool)
-    border[1:-1, 1:-1] = False
-    assert (assignment[:, border.flatten()] == 2).all()  # the border goes to the background prototype
-    assert (assignment[:, grid.flatten()] < 2).all()  # the object to the foreground prototypes
