@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
         if statistics is not None:
             save_statistics(statistics, output_dir)
         processor.save_pretrained(output_dir)
-        if is_ifam and args.num_picture_images > 0 and eval_splits:
+        # the picture shows stage 1's masks: only where stage 1 chose what stage 2 saw (not for given masks)
+        if is_ifam and source == "stage1" and args.num_picture_images > 0 and eval_splits:
             write_parts_picture(final, data[eval_splits[-1]], processor, output_dir / "parts.png",
                                 args.num_picture_images)
         if results:
