@@ -41,6 +41,10 @@ for PDiscoFormer) converts with its name alone::
 
 or `IFAMForImageClassification.from_reference(path_or_repo_id)`. The bracketed values are checks; the output folder
 holds the weights, the config, DINOv2's image processor and the remote code, like a folder written by `train.py`.
+A PDiscoFormer checkpoint can take a stage 2 of another size from a DINOv2 checkpoint (a cheaper stage 1, issue 16)::
+
+    python -m modeling_ifam.convert_reference path/to/pdiscoformer-vit-small --output_dir converted \
+        --stage2_backbone facebook/dinov2-base
 
 This module is not part of the Hub remote code.
 """
@@ -55,11 +59,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from transformers import Dinov2Config
 from transformers.utils import logging
 
 from .configuration_ifam import IFAMConfig
 from .image_processing_ifam import dinov2_image_processor
-from .modeling_ifam import IFAMForImageClassification
+from .modeling_ifam import IFAMForImageClassification, num_register_tokens
 
 
 logger = logging.get_logger(__name__)
@@ -377,13 +382,9 @@ def convert_reference_state_dict(
     if source not in SOURCES:
         raise ValueError(f"`source` must be one of {SOURCES}, got {source!r}.")
     if getattr(config, "stage1_config", None) is not None:
-        # TODO(issue 16, for the converter's owner): a stage 1 of another size (e.g. PDiscoFormer-small with a
-        # DINOv2-base stage 2) needs (1) the stage-1 head and timm-embedding conversions to read
-        # `config.stage1_backbone_config` (hidden size, registers, SwiGLU, position table) instead of `config`, and
-        # (2) stage 2's backbone from a DINOv2 checkpoint (a new option) instead of the copy of stage 1's below.
-        # `IFAMForImageClassification.from_dinov2(stage2, stage1=...)` already builds DINOv2 -> iFAM with two sizes.
-        raise NotImplementedError("Converting into a model with a separate stage-1 backbone (`stage1_config`) is not "
-                                  "supported yet; convert with equal stages, or build with `from_dinov2(stage1=...)`.")
+        raise ValueError("`convert_reference_state_dict` converts into equal stages (a reference checkpoint holds one "
+                         "backbone size); for a PDiscoFormer stage 1 with a DINOv2 stage 2 of another size use "
+                         "`convert_reference(..., stage2_backbone=...)`.")
     raw = unwrap_checkpoint(state_dict)
     if source == "auto":
         source = detect_source(raw)
@@ -798,6 +799,7 @@ def convert_reference(
     cache_dir=None,
     token=None,
     local_files_only: bool = False,
+    stage2_backbone=None,
     **config_overrides,
 ) -> IFAMForImageClassification:
     """
@@ -806,6 +808,9 @@ def convert_reference(
     arguments are optional (see `build_config`). A `config.json` beside the weights is read: a reference
     `PyTorchModelHubMixin` config is checked against the tensors and gives the training options; a transformers
     DINOv2 config serves as the base config when none is given.
+
+    `stage2_backbone`: a DINOv2 checkpoint (Hub id or folder) for stage 2 when the checkpoint is a PDiscoFormer
+    (stage 1 only), e.g. PDiscoFormer-small with `"facebook/dinov2-base"` (see `with_stage2_backbone`).
     """
     reference_config = None
     if isinstance(path_or_repo_id, (str, os.PathLike)):
@@ -827,7 +832,36 @@ def convert_reference(
                           num_register_tokens=num_register_tokens, image_size=image_size,
                           num_attention_heads=num_attention_heads, id2label=id2label,
                           reference_config=reference_config, **config_overrides)
-    return load_reference_checkpoint(state_dict, config, source=source)
+    if stage2_backbone is not None and not source.startswith("pdiscoformer"):
+        raise ValueError(f"`stage2_backbone` is for PDiscoFormer checkpoints (stage 1 only); this {source!r} "
+                         "checkpoint holds its own stage 2.")
+    model = load_reference_checkpoint(state_dict, config, source=source)
+    return model if stage2_backbone is None else with_stage2_backbone(model, stage2_backbone)
+
+
+def with_stage2_backbone(model: IFAMForImageClassification, stage2_backbone) -> IFAMForImageClassification:
+    """
+    A converted PDiscoFormer (`model`, whose stage 2 is only a copy of stage 1's backbone) with stage 2 taken from a
+    DINOv2 checkpoint of any size instead (issue 16: e.g. PDiscoFormer-small for stage 1, DINOv2-base for stage 2).
+    Stage 1 (backbone and part head) is `model`'s, kept as a separate backbone in `config.stage1_config`; the iFAM
+    options (K, classes, temperatures, ...) are `model`'s; stage 2's `fc_norm` and classifier stay at their
+    initialisation, as for any PDiscoFormer conversion, until stage 2 is fine-tuned.
+    """
+    backbone = IFAMForImageClassification._load_dinov2(stage2_backbone)
+    stage1_config = IFAMConfig.dinov2_options(model.config)
+    registers = stage1_config.pop("num_register_tokens")
+    stage1_config["model_type"] = "dinov2_with_registers" if registers else "dinov2"
+    if registers:
+        stage1_config["num_register_tokens"] = registers
+    own = set(IFAMConfig.__dataclass_fields__) - set(Dinov2Config.__dataclass_fields__) - {"stage1_config",
+                                                                                           "num_register_tokens"}
+    options = {name: getattr(model.config, name) for name in own}
+    config = IFAMConfig.from_dinov2_config(backbone.config, stage1_config=stage1_config,
+                                           id2label=dict(model.config.id2label), **options)
+    combined = IFAMForImageClassification(config).to(model.dtype)
+    combined.stage1.load_state_dict(model.stage1.state_dict())
+    combined.stage2.backbone.load_state_dict(backbone.state_dict())
+    return combined.eval()
 
 
 def save_converted(model: IFAMForImageClassification, output_dir, processor: bool = True) -> Path:
@@ -867,6 +901,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="attention heads (default: the base config's, else width / 64 as in every DINOv2)")
     parser.add_argument("--base_config", "--base-config",
                         help="optional DINOv2 config (Hub id, folder or config.json) for what the tensors do not fix")
+    parser.add_argument("--stage2_backbone", "--stage2-backbone",
+                        help="for a PDiscoFormer checkpoint: a DINOv2 checkpoint (Hub id or folder) of any size for "
+                        "stage 2, e.g. facebook/dinov2-base with PDiscoFormer-small as stage 1")
     parser.add_argument("--source", default="auto", choices=SOURCES)
     parser.add_argument("--revision", help="Hub revision")
     parser.add_argument("--no_processor", "--no-processor", action="store_true",
@@ -884,7 +921,7 @@ def main(argv: list[str] | None = None) -> Path:
             args.checkpoint, base_config=args.base_config, num_parts=args.num_parts, num_labels=args.num_labels,
             num_register_tokens=args.num_register_tokens, image_size=args.image_size,
             num_attention_heads=args.num_attention_heads, id2label=id2label, source=args.source,
-            revision=args.revision,
+            revision=args.revision, stage2_backbone=args.stage2_backbone,
         )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from error
@@ -893,6 +930,12 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"Converted: K={config.num_parts} parts, {config.num_labels} classes, {config.num_register_tokens} register "
           f"tokens, width {config.hidden_size}, depth {config.num_hidden_layers}, {config.num_attention_heads} heads, "
           f"patch {config.patch_size}, {config.image_size} px")
+    if config.stage1_config is not None:
+        stage1 = config.stage1_config
+        print(f"Stage 1 on its own backbone: {num_register_tokens(stage1)} register tokens, width "
+              f"{stage1.hidden_size}, depth {stage1.num_hidden_layers}, {stage1.num_attention_heads} heads, patch "
+              f"{stage1.patch_size}, "
+              f"{stage1.image_size} px; stage 2 from {args.stage2_backbone} (its head untrained)")
     if id2label is None:
         print(f"No class names given (--id2label): the labels are LABEL_0 ... LABEL_{config.num_labels - 1}.")
     print(f"Wrote {output_dir}")

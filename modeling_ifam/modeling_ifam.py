@@ -152,10 +152,14 @@ class IFAMPartDiscovery(nn.Module):
         self.part_dropout = nn.Dropout1d(config.part_dropout)
         self.classifier = nn.Linear(hidden_size, config.num_labels, bias=False)
 
-    def forward(self, pixel_values: torch.Tensor) -> IFAMPartDiscoveryOutput:
+    def patch_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The backbone's layer-normed patch features `[B, N, D]` of the image as stage 1 sees it, and its grid."""
         pixel_values = self.resize_image(pixel_values)
-        height, width = (size // self.patch_size for size in pixel_values.shape[-2:])
-        features = self.backbone(pixel_values).last_hidden_state[:, self.num_prefix_tokens:]  # [B, N, D], layer-normed
+        grid = tuple(size // self.patch_size for size in pixel_values.shape[-2:])
+        return self.backbone(pixel_values).last_hidden_state[:, self.num_prefix_tokens:], grid
+
+    def forward(self, pixel_values: torch.Tensor) -> IFAMPartDiscoveryOutput:
+        features, (height, width) = self.patch_features(pixel_values)  # [B, N, D]
 
         # ||x - p||^2 = ||x||^2 - 2 x.p + ||p||^2, for every patch x and prototype p. Always in float32, whatever the
         # autocast state: with D-dimensional layer-normed features ||x||^2 is about D (768 for ViT-B), where bfloat16
@@ -483,10 +487,9 @@ class IFAMForImageClassification(IFAMPreTrainedModel):
         stage1 = self.stage1
         was_training = stage1.training
         stage1.eval()
-        try:
-            prefix = 1 + self.config.num_register_tokens
-            height, width = (size // self.config.patch_size for size in pixel_values.shape[-2:])
-            features = stage1.backbone(pixel_values).last_hidden_state[:, prefix:].float()  # [B, N, D]
+        try:  # on stage 1's own grid: its resolution, patch size and registers
+            features, (height, width) = stage1.patch_features(pixel_values)
+            features = features.float()  # [B, N, D]
         finally:
             stage1.train(was_training)
         _, n, d = features.shape

@@ -365,13 +365,82 @@ def test_from_dinov2_with_a_smaller_stage1(tmp_path, images, stage1_registers):
     assert same.config.stage1_config is None  # the same checkpoint: the paper's layout
 
 
-def test_converter_refuses_a_separate_stage1_backbone_clearly():
-    """Converting PDiscoFormer-small + DINOv2-base is not supported yet (TODO in convert_reference): a clear error."""
-    from modeling_ifam.convert_reference import convert_reference_state_dict
+@pytest.mark.parametrize("registers", [0, 4])
+def test_converter_puts_a_small_pdiscoformer_before_a_larger_dinov2(tmp_path, images, registers, capsys):
+    """PDiscoFormer (width 16, stage 1 only) + a DINOv2 of width 32 for stage 2: stage 1 computes exactly what the
+    equal-stage conversion (tested against the reference forward) computes, stage 2's backbone is the DINOv2
+    checkpoint's, and the folder round-trips with `stage1_config` nested."""
+    from safetensors.torch import save_file
 
-    config = tiny_config(stage1_config=SMALL_STAGE1)
-    with pytest.raises(NotImplementedError, match="separate stage-1 backbone"):
-        convert_reference_state_dict({}, config)
+    from modeling_ifam.convert_reference import convert_reference, main
+    from test_convert_reference import reference_state_dict
+
+    reference = reference_state_dict("timm", "pdiscoformer", width=16, depth=1, image=IMAGE, parts=2, classes=2,
+                                     registers=registers, mlp_hidden=32)
+    (tmp_path / "pdisco").mkdir()
+    save_file({key: value.contiguous() for key, value in reference.items()}, tmp_path / "pdisco" / "model.safetensors")
+    torch.manual_seed(0)
+    base = Dinov2Model(Dinov2Config(**{**TINY, "image_size": IMAGE}))
+    base.save_pretrained(tmp_path / "base")
+
+    equal = convert_reference(tmp_path / "pdisco", num_attention_heads=2)
+    model = convert_reference(tmp_path / "pdisco", num_attention_heads=2, stage2_backbone=str(tmp_path / "base"))
+    stage1 = model.config.stage1_config
+    assert (stage1.hidden_size, model.config.hidden_size) == (16, 32)
+    assert stage1.model_type == ("dinov2_with_registers" if registers else "dinov2")
+    assert model.stage1.num_prefix_tokens == 1 + registers and model.config.num_register_tokens == 0
+    assert model.config.num_parts == 2 and model.config.num_labels == 2 and not model.training
+    for key, value in base.state_dict().items():
+        torch.testing.assert_close(model.stage2.backbone.state_dict()[key], value, atol=0, rtol=0)
+    with torch.no_grad():
+        expected, outputs = equal(images), model(images)
+    torch.testing.assert_close(outputs.part_maps, expected.part_maps, atol=0, rtol=0)
+    torch.testing.assert_close(outputs.stage1_logits, expected.stage1_logits, atol=0, rtol=0)
+    assert torch.equal(outputs.token_mask, expected.token_mask)
+
+    main([str(tmp_path / "pdisco"), "--output_dir", str(tmp_path / "out"), "--num_attention_heads", "2",
+          "--stage2_backbone", str(tmp_path / "base")])
+    assert "Stage 1 on its own backbone" in capsys.readouterr().out
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
+    assert loaded.config.stage1_config.hidden_size == 16
+    with torch.no_grad():  # stage 2's head is freshly initialised by each conversion: compare what was converted
+        reloaded = loaded(images)
+    torch.testing.assert_close(reloaded.part_maps, outputs.part_maps, atol=1e-6, rtol=0)
+    torch.testing.assert_close(reloaded.stage1_logits, outputs.stage1_logits, atol=1e-6, rtol=0)
+    for key, value in base.state_dict().items():
+        torch.testing.assert_close(loaded.stage2.backbone.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_converter_refuses_stage2_backbone_for_a_two_stage_checkpoint(tmp_path):
+    from modeling_ifam.convert_reference import convert_reference, convert_reference_state_dict
+    from test_convert_reference import reference_state_dict
+
+    with pytest.raises(ValueError, match="holds its own stage 2"):
+        convert_reference(reference_state_dict("timm", "ifam"), num_attention_heads=2, stage2_backbone="unused")
+    with pytest.raises(ValueError, match="stage2_backbone"):  # the state-dict level converts equal stages only
+        convert_reference_state_dict({}, tiny_config(stage1_config=SMALL_STAGE1))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_prototype_initialisation_reads_stage1_own_grid(name, images):
+    """`initialize_prototypes` reads the image as stage 1 sees it (its resolution, patch size and registers): the
+    background prototype is the mean feature of stage 1's border patches."""
+    model = variant_model(name)
+    prototypes = model.initialize_prototypes(images)
+    with torch.no_grad():
+        features, (height, width) = model.stage1.patch_features(images)
+    assert (height, width) == stage1_grid(model) and prototypes.shape[1] == model.stage1.prototypes.shape[1]
+    border = torch.ones(height, width, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    background_side = features[:, border.flatten()]
+    # the 2-means starts from the border; the background prototype is the mean of a set that holds the border's
+    # nearest patches, so it lies nearer the border mean than the foreground prototypes do
+    distance = torch.cdist(prototypes, background_side.reshape(-1, features.shape[-1]).mean(0, keepdim=True))[:, 0]
+    assert distance.argmin() == model.config.num_parts
+    size = model.config.stage1_image_size
+    if size is not None:  # the image stage 1 sees, given already resized: the same prototypes
+        resized = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        torch.testing.assert_close(model.initialize_prototypes(resized), prototypes, atol=0, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
