@@ -195,8 +195,8 @@ def main(argv=None) -> dict:
                 ifam.stage2(pixel_values, mask, weights)
         return step
 
-    figures = {"setting": {**vars(args), "json": str(args.output_file), "machine": machine(device),
-                           "stage1_image_size_e": stage1_side}}
+    setting = {**vars(args), "output_file": str(args.output_file) if args.output_file else None}
+    figures = {"setting": {**setting, "machine": machine(device), "stage1_image_size_e": stage1_side}}
     steps = {"d_dinov2": inference(run_dinov2)} if {"main", "stage1_half"} & set(args.only) else {}
     if "main" in args.only:
         for regime, masks in (("25", [regimes["25"]]), ("varied", varied_draws)):

@@ -31,3 +31,24 @@ def test_probe_script_reports_every_layer(tmp_path):
     for row in report["layers"]:
         for split in ("validation", "test"):
             assert 0 <= row[f"{split}_foreground_iou"] <= 100 and 0 <= row[f"{split}_class_accuracy"] <= 100
+
+
+def test_throughput_benchmark_writes_its_figures(tmp_path):
+    """A tiny run of benchmarks/throughput.py (ViT-S at 28 px, one repeat) prints and writes every ratio of its groups;
+    the settings, paths included, are written as JSON (a Path once ended a 7-minute run at the last line)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    output = tmp_path / "figures" / "throughput.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "throughput.py"), "--image_size", "28", "--batch_size",
+                    "2", "--warmup", "0", "--repeats", "1", "--varied_draws", "1", "--only", "main", "stage1_half",
+                    "--output_file", str(output)], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    figures = json.loads(output.read_text())
+    assert figures["setting"]["output_file"] == str(output) and figures["setting"]["image_size"] == 28
+    assert {"inference_ratio_vs_dinov2", "inference_ratio_vs_dinov2_varied", "stage2_ratio_25_vs_100",
+            "inference_ratio_vs_dinov2_stage1_half"} <= set(figures["ratios"])
+    assert all(value > 0 for value in figures["ratios"].values())
