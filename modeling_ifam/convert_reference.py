@@ -934,8 +934,7 @@ def main(argv: list[str] | None = None) -> Path:
         stage1 = config.stage1_config
         print(f"Stage 1 on its own backbone: {num_register_tokens(stage1)} register tokens, width "
               f"{stage1.hidden_size}, depth {stage1.num_hidden_layers}, {stage1.num_attention_heads} heads, patch "
-              f"{stage1.patch_size}, "
-              f"{stage1.image_size} px; stage 2 from {args.stage2_backbone} (its head untrained)")
+              f"{stage1.patch_size}, {stage1.image_size} px; stage 2 from {args.stage2_backbone} (its head untrained)")
     if id2label is None:
         print(f"No class names given (--id2label): the labels are LABEL_0 ... LABEL_{config.num_labels - 1}.")
     print(f"Wrote {output_dir}")

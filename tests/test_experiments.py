@@ -1,6 +1,10 @@
 """The experiment helpers: the linear probes of experiments/probe_features.py."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from transformers import Dinov2Config, Dinov2Model
@@ -36,11 +40,6 @@ def test_probe_script_reports_every_layer(tmp_path):
 def test_throughput_benchmark_writes_its_figures(tmp_path):
     """A tiny run of benchmarks/throughput.py (ViT-S at 28 px, one repeat) prints and writes every ratio of its groups;
     the settings, paths included, are written as JSON (a Path once ended a 7-minute run at the last line)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     output = tmp_path / "figures" / "throughput.json"
     subprocess.run([sys.executable, str(root / "benchmarks" / "throughput.py"), "--image_size", "28", "--batch_size",

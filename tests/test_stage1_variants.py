@@ -423,8 +423,9 @@ def test_converter_refuses_stage2_backbone_for_a_two_stage_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_prototype_initialisation_reads_stage1_own_grid(name, images):
-    """`initialize_prototypes` reads the image as stage 1 sees it (its resolution, patch size and registers): the
-    background prototype is the mean feature of stage 1's border patches."""
+    """`initialize_prototypes` reads the image as stage 1 sees it (its resolution, patch size and registers): of the
+    K + 1 prototypes, the background one lies nearest the mean feature of stage 1's border patches, and a stage 1 at its
+    own resolution gives the same prototypes from the already resized image."""
     model = variant_model(name)
     prototypes = model.initialize_prototypes(images)
     with torch.no_grad():
