@@ -32,9 +32,12 @@ the part centroids, fitted on train; error in % of the object's box), by `ifam_i
 
 `--stage1_rows add|only` (issue 16, a cheaper stage 1): in the ood regime, iFAM K = 1 at 112 px (16 x 16 patches) with
 stage 1 at full resolution and with stage 1 at half resolution (56 px, 8 x 8 patches; `--stage1_image_size 56`), both
-from a backbone pretrained on the 112-px images, with the inference throughput of each against a
-`Dinov2ForImageClassification` of the same size and resolution (random weights, measured round-robin in the same
-process, so the ratio holds on a shared machine but not the absolute images/s), and their NMI, ARI and Kp.
+from the same backbone as the table (the shipped one was pretrained at 56 px: DINOv2 interpolates its position table to
+the 16 x 16 grid, and stage 1 at 56 px sees the resolution it was pretrained at), with the share of patches stage 2
+sees, the inference throughput of each against a `Dinov2ForImageClassification` of the same size at 112 px (random
+weights, measured round-robin in the same process, so the ratio holds on a shared machine but not the absolute
+images/s), their NMI, ARI and Kp, and a picture of each model's maps on the first test images
+(`results/synthetic_stage1_<run>.png`).
 
 Writes `results/synthetic.json` (one row per regime and method: mean and std over seeds, accuracies in percent) and
 `results/synthetic.md` (`synthetic_quick.*` with `--quick`).
@@ -51,7 +54,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import Dinov2Config
+from transformers import AutoImageProcessor, Dinov2Config
 
 from ifam_interventions.evaluate_parts import evaluate_parts
 from ifam_interventions.leave_one_out import leave_one_out
@@ -83,7 +86,8 @@ STAGE1_ROWS = {  # name: ifam-train options (K = 1, the ood regime)
     f"iFAM K=1 @{STAGE1_ROWS_IMAGE_SIZE} px, stage 1 @{STAGE1_ROWS_IMAGE_SIZE // 2} px": [
         "--num_parts", "1", "--stage1_image_size", str(STAGE1_ROWS_IMAGE_SIZE // 2)],
 }
-EXTRA_METRICS = ("throughput_ratio_vs_dinov2",)  # the stage-1 rows: images/s against DINOv2, a ratio (not in %)
+# the stage-1 rows also: the share of patches stage 2 sees (%), and images/s against DINOv2 (a ratio); decimals shown
+EXTRA_METRICS = {"coverage": 1, "throughput_ratio_vs_dinov2": 2}
 
 
 def parse(argv=None):
@@ -178,11 +182,16 @@ def run(args, regime: str, seed: int, name: str, options: list[str], image_size:
     return folder
 
 
-def evaluate_split(folder: Path, regime: str, seed: int, split: str, args, **forward_kwargs):
-    """Test metrics of a trained iFAM folder, also with interventions or its stage-1 predictions."""
+def evaluate_split(folder: Path, regime: str, seed: int, split: str, args):
+    """
+    A trained iFAM folder's model and a loader of one split of the benchmark at the size it was trained at: its saved
+    image processor's crop (`config.image_size` is the position table's, 56 px for a 112-px run from the shipped
+    backbone).
+    """
     model = IFAMForImageClassification.from_pretrained(folder).eval()
-    size = model.config.image_size
-    loader = eval_dataloader(benchmark(regime, args.num_train, seed, size)[split], dinov2_image_processor(size), 256)
+    processor = AutoImageProcessor.from_pretrained(folder)
+    size = processor.crop_size["height"]
+    loader = eval_dataloader(benchmark(regime, args.num_train, seed, size)[split], processor, 256)
     return model, loader
 
 
@@ -208,7 +217,9 @@ def stage1_rows(args, regime: str, seed: int, accelerator) -> dict[str, dict]:
     for label, options in STAGE1_ROWS.items():
         folder = run(args, regime, seed, label, options, image_size=size)
         metrics = json.loads((folder / "metrics.json").read_text())["test"]
-        rows[label] = {"K": 1, **{m: 100 * metrics[m] for m in METRICS if m in metrics}}
+        rows[label] = {"K": 1, **{m: 100 * metrics[m] for m in (*METRICS, "coverage") if m in metrics}}
+        if seed == min(args.seeds):
+            parts_picture(args, folder, regime, seed, f"synthetic_stage1_{folder.name}.png")
         for row in part_rows(args, regime, seed, folder, accelerator):  # on stage 1's own grid, upsampled to the input
             if row["percentile"] is None:
                 rows[label].update({m: 100 * row[m] for m in PART_METRICS if m in row})
@@ -250,7 +261,7 @@ def rows_for_seed(args, regime: str, seed: int) -> dict[str, dict]:
                 metrics = compute_metrics(results)
             rows[label] = {"K": parts, **{m: 100 * metrics[m] for m in METRICS if m in metrics}}
             if label == "iFAM K=2" and regime == "ood" and seed == min(args.seeds):
-                parts_picture(args, folder, regime, seed)
+                parts_picture(args, folder, regime, seed, f"synthetic_parts_{regime}_k2.png")
             if label.startswith("iFAM K="):
                 rows.update(intervention_rows(args, regime, seed, label, parts, folder, accelerator))
                 for row in part_rows(args, regime, seed, folder, accelerator):
@@ -259,8 +270,8 @@ def rows_for_seed(args, regime: str, seed: int) -> dict[str, dict]:
     return rows
 
 
-def parts_picture(args, folder: Path, regime: str, seed: int, num_images: int = 8) -> Path:
-    """`results/synthetic_parts_<regime>_k2.png`: the first test images, their parts, stage-2 input, interventions."""
+def parts_picture(args, folder: Path, regime: str, seed: int, name: str, num_images: int = 8) -> Path:
+    """`results/<name>`: the first test images, their parts, stage-2 input, interventions."""
     from ifam_interventions.pictures import part_grid
 
     model, loader = evaluate_split(folder, regime, seed, "test", args)
@@ -269,8 +280,8 @@ def parts_picture(args, folder: Path, regime: str, seed: int, num_images: int = 
     interventions.update({f"q={float(q):g}": {"token_removal_percentile": float(q)}
                           for q in sorted(model.config.part_distance_thresholds, key=float)})
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    return part_grid(model, batch["pixel_values"][:num_images], args.results_dir / f"synthetic_parts_{regime}_k2.png",
-                     interventions, labels=batch["labels"][:num_images])
+    return part_grid(model, batch["pixel_values"][:num_images], args.results_dir / name, interventions,
+                     labels=batch["labels"][:num_images])
 
 
 def part_rows(args, regime, seed, folder, accelerator) -> list[dict]:
@@ -303,7 +314,7 @@ def aggregate(per_seed: list[dict[str, dict]]) -> list[dict]:
     for method in methods:
         runs = [seed_rows[method] for seed_rows in per_seed if method in seed_rows]
         row = {"method": method, "K": runs[0]["K"], "seeds": len(runs)}
-        for metric in METRICS + PART_METRICS + EXTRA_METRICS:
+        for metric in (*METRICS, *PART_METRICS, *EXTRA_METRICS):
             values = [r[metric] for r in runs if metric in r]
             if values:
                 row[metric] = {"mean": statistics.fmean(values),
@@ -320,7 +331,8 @@ def markdown(table: dict[str, list[dict]], seeds: int) -> str:
         extra = [m for m in EXTRA_METRICS if any(m in row for row in rows)]
         cells = [[row["method"], row["K"] if row["K"] is not None else "–", row.get("seeds", seeds)]
                  + [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "–" for m in METRICS + PART_METRICS]
-                 + [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" if m in row else "–" for m in extra]
+                 + [f"{row[m]['mean']:.{EXTRA_METRICS[m]}f} ± {row[m]['std']:.{EXTRA_METRICS[m]}f}" if m in row else "–"
+                    for m in extra]
                  for row in rows]
         lines += [f"### Regime `{regime}` ({seeds} seed{'s' * (seeds > 1)}, test split, %)", "",
                   markdown_table(header + [m.replace("_", " ") for m in extra], cells), ""]
