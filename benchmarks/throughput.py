@@ -34,6 +34,7 @@ from transformers import Dinov2Config, Dinov2ForImageClassification
 from ifam_train.optim import set_trainable
 from ifam_train.reporting import markdown_table
 from modeling_ifam import IFAMConfig, IFAMForImageClassification
+from modeling_ifam.modeling_ifam import pack_sequences
 
 SIZES = {
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
@@ -196,7 +197,8 @@ def main(argv=None) -> dict:
         return step
 
     setting = {**vars(args), "output_file": str(args.output_file) if args.output_file else None}
-    figures = {"setting": {**setting, "machine": machine(device), "stage1_image_size_e": stage1_side}}
+    figures = {"setting": {**setting, "machine": machine(device), "stage1_image_size_e": stage1_side},
+               "varied_padding": padding_shares(varied_draws, ifam.config.hidden_size)}
     steps = {"d_dinov2": inference(run_dinov2)} if {"main", "stage1_half"} & set(args.only) else {}
     if "main" in args.only:
         for regime, masks in (("25", [regimes["25"]]), ("varied", varied_draws)):
@@ -221,6 +223,17 @@ def main(argv=None) -> dict:
         args.output_file.parent.mkdir(parents=True, exist_ok=True)
         args.output_file.write_text(json.dumps(figures, indent=2) + "\n")
     return figures
+
+
+def padding_shares(draws: list[torch.Tensor], hidden_size: int) -> dict:
+    """Stage 2's padding slots per selected token (CLS included) in the varied draws, packed and padded (mean)."""
+    shares = {"packed": [], "padded": []}
+    for draw in draws:
+        lengths = [1 + int(length) for length in draw.sum(dim=1)]
+        for mode in shares:
+            rows, _, capacity = pack_sequences(lengths, one_per_row=mode == "padded", hidden_size=hidden_size)
+            shares[mode].append((max(rows) + 1) * capacity / sum(lengths) - 1)
+    return {mode: sum(values) / len(values) for mode, values in shares.items()}
 
 
 def measure_stage1_small(args, device, autocast, generator) -> dict:
@@ -326,6 +339,9 @@ def table(figures: dict) -> str:
                         for name, figure in figures["results"].items()]),
         "",
         markdown_table(["ratio", "value"], [[name, f"{value:.3f}"] for name, value in figures["ratios"].items()]),
+        "",
+        "padding slots per selected token, varied draws: " + ", ".join(
+            f"{mode} {share:.1%}" for mode, share in figures["varied_padding"].items()),
     ]
     return "\n".join(lines)
 

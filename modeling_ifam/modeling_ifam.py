@@ -291,25 +291,42 @@ def pack_sequences(
     Place sequences of `lengths` into rows, first-fit decreasing (or one per row, as long as the longest sequence).
     Returns the row and the start slot of every sequence, and the row length.
 
-    Without `hidden_size` the rows are as long as the longest sequence. With it, the row length is the candidate that
-    minimises the encoder's cost, `slots * (6 * hidden_size + row_length)`: a transformer layer (MLP ratio 4) spends
-    `24 D^2` FLOPs per slot in its linear layers and `4 D L` in attention, so longer rows waste fewer padding slots
-    but pay more per slot. The candidates are the longest sequence and, for every row count `r`, `ceil(total / r)`.
+    Without `hidden_size` the rows are as long as the longest sequence. With it, the row length minimises the encoder's
+    cost, `slots * (6 * hidden_size + row_length)`: a transformer layer (MLP ratio 4) spends `24 D^2` FLOPs per slot in
+    its linear layers and `4 D L` in attention, so longer rows waste fewer padding slots but pay more per slot. Each
+    row count `r` below the one at the longest sequence is a candidate with the shortest row length (at least
+    `ceil(total / r)`) at which first-fit decreasing needs at most `r` rows, found by bisection; row counts are tried
+    from the most to the fewest until even a row without padding would cost more than the best found.
     """
     longest = max(lengths)
     if one_per_row:
         return list(range(len(lengths))), [0] * len(lengths), longest
-    total, best = sum(lengths), None
-    candidates = {longest}
-    if hidden_size is not None:
-        candidates |= {max(longest, -(-total // r)) for r in range(1, len(lengths) + 1)}
-    for capacity in sorted(candidates):
-        if best is not None and total * (6 * (hidden_size or 0) + capacity) >= best[0]:
+    rows, starts, num_rows = _first_fit_decreasing(lengths, longest)
+    if hidden_size is None:
+        return rows, starts, longest
+
+    def cost(num_rows: int, capacity: int) -> int:
+        return num_rows * capacity * (6 * hidden_size + capacity)
+
+    total = sum(lengths)
+    best = (cost(num_rows, longest), rows, starts, longest)
+    for target in range(num_rows - 1, 0, -1):
+        low = max(longest, -(-total // target))
+        if total * (6 * hidden_size + low) >= best[0]:
             break  # even without padding, this and every longer row length would cost more
-        rows, starts, num_rows = _first_fit_decreasing(lengths, capacity)
-        cost = num_rows * capacity * (6 * (hidden_size or 0) + capacity)
-        if best is None or cost < best[0]:
-            best = (cost, rows, starts, capacity)
+        # the longest rows worth trying: `target` rows of them cost less than the best found
+        high = int((math.sqrt(36 * hidden_size**2 + 4 * best[0] / target) - 6 * hidden_size) / 2)
+        if high < low or _first_fit_decreasing(lengths, high)[2] > target:
+            continue
+        while low < high:  # first-fit decreasing needs fewer rows as they lengthen (nearly always: it is a heuristic)
+            middle = (low + high) // 2
+            if _first_fit_decreasing(lengths, middle)[2] <= target:
+                high = middle
+            else:
+                low = middle + 1
+        rows, starts, num_rows = _first_fit_decreasing(lengths, low)
+        if cost(num_rows, low) < best[0]:
+            best = (cost(num_rows, low), rows, starts, low)
     return best[1], best[2], best[3]
 
 

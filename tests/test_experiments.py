@@ -51,3 +51,22 @@ def test_throughput_benchmark_writes_its_figures(tmp_path):
     assert {"inference_ratio_vs_dinov2", "inference_ratio_vs_dinov2_varied", "stage2_ratio_25_vs_100",
             "inference_ratio_vs_dinov2_stage1_half"} <= set(figures["ratios"])
     assert all(value > 0 for value in figures["ratios"].values())
+    assert 0 <= figures["varied_padding"]["packed"] <= figures["varied_padding"]["padded"]
+
+
+def test_experiment_evaluates_a_run_at_the_size_it_was_trained_at(tmp_path):
+    """A 112-px run from the shipped 56-px backbone keeps a 56-px position table (`config.image_size`); the
+    experiment's evaluation (parts, throughput) must read its images at 112 px, the size of its saved processor."""
+    from experiments import synthetic
+    from modeling_ifam import IFAMConfig, IFAMForImageClassification, dinov2_image_processor
+
+    folder = tmp_path / "run"
+    IFAMForImageClassification(IFAMConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=64, patch_size=7, image_size=56, num_parts=1,
+                                          num_labels=2)).save_pretrained(folder)
+    dinov2_image_processor(112).save_pretrained(folder)
+    args = synthetic.parse(["--num_train", "40", "--work_dir", str(tmp_path / "work")])
+    model, loader = synthetic.evaluate_split(folder, "ood", 0, "train", args)
+    batch = next(iter(loader))
+    assert model.config.image_size == 56
+    assert batch["pixel_values"].shape[1:] == (3, 112, 112)

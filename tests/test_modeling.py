@@ -325,6 +325,14 @@ def test_pack_sequences_chooses_the_row_length_by_cost():
     assert pack_sequences(lengths, hidden_size=1) == pack_sequences(lengths) == ([0, 1, 2, 3, 4], [0] * 5, 3)
 
 
+def test_pack_sequences_finds_the_shortest_rows_for_each_row_count():
+    from modeling_ifam.modeling_ifam import pack_sequences
+
+    # 14 tokens: two rows of ceil(14 / 2) = 7 cannot hold them (the 6 leaves 1 slot), two rows of 8 can: [6 2] [4 2],
+    # 16 slots * (12 + 8) = 320, cheaper than three rows of the longest, [6] [4 2] [2], 18 * (12 + 6) = 324
+    assert pack_sequences([2, 4, 2, 6], hidden_size=2) == ([0, 1, 1, 0], [6, 0, 4, 0], 8)
+
+
 def test_torch_compile_in_eval_mode(model, pixel_values):
     compiled = torch.compile(model, backend="eager")
     torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, atol=1e-5, rtol=0)
