@@ -29,6 +29,15 @@ FOLDER_RUN = ["--dataset_name", "imagefolder", "--image_size", "28", "--max_trai
               "--calibration_percentiles"]
 
 
+@pytest.fixture(autouse=True)
+def default_sigint_handler():
+    """The signal tests expect Python's own SIGINT handler, which a launcher may have replaced (a shell's background job
+    or `nohup` starts with SIGINT ignored); the run must restore whatever it found."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def image_folder(root: Path, per_class: int = 6) -> Path:
     rng = np.random.default_rng(0)
     for label in ("cat", "dog"):
