@@ -316,17 +316,20 @@ def pack_sequences(
             break  # even without padding, this and every longer row length would cost more
         # the longest rows worth trying: `target` rows of them cost less than the best found
         high = int((math.sqrt(36 * hidden_size**2 + 4 * best[0] / target) - 6 * hidden_size) / 2)
-        if high < low or _first_fit_decreasing(lengths, high)[2] > target:
+        if high < low:
+            continue
+        fit = _first_fit_decreasing(lengths, high)  # the packing at `high`, kept as `high` shrinks
+        if fit[2] > target:
             continue
         while low < high:  # first-fit decreasing needs fewer rows as they lengthen (nearly always: it is a heuristic)
             middle = (low + high) // 2
-            if _first_fit_decreasing(lengths, middle)[2] <= target:
-                high = middle
+            attempt = _first_fit_decreasing(lengths, middle)
+            if attempt[2] <= target:
+                high, fit = middle, attempt
             else:
                 low = middle + 1
-        rows, starts, num_rows = _first_fit_decreasing(lengths, low)
-        if cost(num_rows, low) < best[0]:
-            best = (cost(num_rows, low), rows, starts, low)
+        if cost(fit[2], high) < best[0]:
+            best = (cost(fit[2], high), fit[0], fit[1], high)
     return best[1], best[2], best[3]
 
 
